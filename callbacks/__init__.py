@@ -1,0 +1,1 @@
+"""Callbacks that watch representation quality while a pretext method trains."""

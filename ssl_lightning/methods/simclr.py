@@ -1,0 +1,92 @@
+"""SimCLR: contrastive learning of augmented views."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from datamodules.batch import Batch
+from datamodules.corruptions import Corruption, SimCLRViews
+from ssl_lightning import distributed
+from ssl_lightning.heads import ProjectionHead
+from ssl_lightning.losses import nt_xent
+from ssl_lightning.methods.base import PretextOutput, SSLMethod
+
+
+class SimCLR(SSLMethod):
+    """SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+    Representations", https://arxiv.org/abs/2002.05709).
+
+    Loss: NT-Xent over the projections of ``V >= 2`` augmented views of each image, with the
+    other views as positives and every other embedding, from all ranks, as negatives.
+
+    Args:
+        backbone: registered backbone name or module (see :class:`SSLMethod`).
+        backbone_kwargs: arguments for the registered backbone.
+        proj_hidden_dim: hidden width of the projection head.
+        proj_output_dim: output width of the projection head (the contrastive space).
+        proj_num_layers: Linear layers in the projection head.
+        temperature: NT-Xent temperature, > 0.
+        gather_distributed: draw negatives from every rank under DDP.
+        **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
+
+    Examples:
+        >>> model = SimCLR(backbone="resnet18", temperature=0.2)
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_num_layers: int = 2,
+        temperature: float = 0.2,
+        gather_distributed: bool = True,
+        optimizer: Literal["sgd", "lars", "adamw"] = "lars",
+        lr: float = 0.4,
+        weight_decay: float = 1e-5,
+        warmup_epochs: float = 10.0,
+        scale_lr: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature} (set model.temperature)")
+        super().__init__(
+            backbone=backbone,
+            backbone_kwargs=backbone_kwargs,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            scale_lr=scale_lr,
+            **kwargs,
+        )
+        self.temperature = temperature
+        self.gather_distributed = gather_distributed
+        self.projector = ProjectionHead(
+            self.backbone.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
+        )
+
+    def default_corruption(self) -> Corruption:
+        return SimCLRViews(num_views=2)
+
+    def pretext_step(self, batch: Batch) -> PretextOutput:
+        num_views, batch_size = len(batch.views), batch.views[0].shape[0]
+        if num_views < 2:
+            raise ValueError(
+                f"SimCLR needs >= 2 views per image, but the datamodule's corruption made "
+                f"{num_views}; unset data.corruption to use SimCLRViews, or set "
+                "data.corruption.class_path=datamodules.SimCLRViews"
+            )
+        if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
+            raise ValueError(
+                f"SimCLR needs >= 2 images per batch (the others are its negatives), got "
+                f"{batch_size}; set data.batch_size >= 2"
+            )
+        features = self(torch.cat(batch.views))  # [V*B, D], one backbone pass for all views
+        z = self.projector(features).view(num_views, batch_size, -1)  # [V, B, P]
+        loss = nt_xent(z, self.temperature, self.gather_distributed)
+        return PretextOutput(loss=loss, features=features, labels=batch.labels.repeat(num_views))

@@ -1,0 +1,123 @@
+"""Optimizers and schedules: LARS, linear warmup + cosine decay, weight-decay groups."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Splits trainable parameters into a decayed and a non-decayed group.
+
+    The one rule: parameters with ``ndim <= 1`` (biases, norm scales and shifts) get no weight
+    decay and no LARS adaptation; matrices and conv kernels get both.
+    """
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+class LARS(Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017, arXiv:1708.03888).
+
+    For each parameter ``w`` with gradient ``g`` (groups marked ``lars_exclude`` skip the trust
+    ratio)::
+
+        g = g + weight_decay * w
+        trust = eta * ||w|| / ||g||        (1 where either norm is 0)
+        v = momentum * v + lr * trust * g
+        w = w - v                          (Nesterov: w - (momentum * v + lr * trust * g))
+
+    This is the update of SimCLR's reference implementation.
+
+    Args:
+        params: parameters or groups; a group may set ``lars_exclude=True``.
+        lr: learning rate.
+        momentum: momentum factor.
+        weight_decay: L2 penalty added to the gradient.
+        eta: trust coefficient.
+        nesterov: Nesterov momentum.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 1e-3,
+        nesterov: bool = False,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"LARS lr must be >= 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"LARS momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"LARS weight_decay must be >= 0, got {weight_decay}")
+        if eta <= 0:
+            raise ValueError(f"LARS eta must be > 0, got {eta}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eta=eta,
+            nesterov=nesterov,
+            lars_exclude=False,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"] != 0:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["eta"] * w_norm / g_norm,
+                        torch.ones_like(w_norm),
+                    )
+                    g = g * trust
+                g = g * group["lr"]
+                if group["momentum"] != 0:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(g)
+                    g = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                p.sub_(g)
+        return loss
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_factor: float = 0.0) -> float:
+    """Learning-rate factor at optimizer step ``step`` (0-based).
+
+    Linear warmup from ``1 / (warmup_steps + 1)`` to 1 over the first ``warmup_steps`` steps
+    (never exactly 0, so the first step moves), then cosine decay from 1 to ``final_factor``
+    at ``total_steps``; constant ``final_factor`` after that.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
