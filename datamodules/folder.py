@@ -71,19 +71,23 @@ def decode_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
                 img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
                 left, top = (new_w - size[1]) // 2, (new_h - size[0]) // 2
                 img = img.crop((left, top, left + size[1], top + size[0]))
-            return np.asarray(img, dtype=np.uint8)
+            return np.array(img, dtype=np.uint8)  # a writable copy
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot decode image {path}: {err}") from err
 
 
 def decode_images(
-    files: list[Path], size: tuple[int, int], workers: int, desc: str = "decoding"
+    files: list[Path], size: tuple[int, int], resize: bool, workers: int, desc: str = "decoding"
 ) -> Tensor:
-    """Decodes ``files`` into one uint8 tensor ``[N, 3, H, W]`` with a progress bar."""
+    """Decodes ``files`` into one uint8 tensor ``[N, 3, *size]`` with a progress bar.
+
+    With ``resize`` every image is resized and center-cropped to ``size``; without it every
+    image must already have that size.
+    """
     out = torch.empty(len(files), 3, *size, dtype=torch.uint8)
 
     def load(i: int) -> None:
-        array = decode_image(files[i], size)
+        array = decode_image(files[i], size if resize else None)
         if array.shape[:2] != size:
             raise ValueError(
                 f"image {files[i]} is {array.shape[1]}x{array.shape[0]}, but the first image is "
@@ -196,7 +200,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         if cache is not None and cache.is_file():
             images = torch.load(cache, weights_only=True)
         else:
-            images = decode_images(files, size, self.decode_workers, desc=f"decoding {folder}")
+            images = decode_images(
+                files, size, self.image_size is not None, self.decode_workers, f"decoding {folder}"
+            )
             if cache is not None:
                 self._write_cache(cache, images)
         return images, torch.as_tensor(labels, dtype=torch.long)

@@ -145,15 +145,27 @@ class SSLMethod(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=lr, betas=hp.betas)
 
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(
-            1, int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches
-        )
+        total_steps, steps_per_epoch = self._schedule_length()
         warmup_steps = min(total_steps, round(hp.warmup_epochs * steps_per_epoch))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, hp.final_lr_factor)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_length(self) -> tuple[int, int]:
+        """Optimizer steps in the whole run and per epoch."""
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError(
+                "the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
+            )
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # as estimated_stepping_batches does, for per-epoch size
+        batches = trainer.num_training_batches
+        if batches == float("inf"):
+            raise ValueError("warmup_epochs needs a training loader with a length")
+        return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
 
     def _global_batch_size(self) -> int:
         batch_size = getattr(self.trainer.datamodule, "batch_size", None)
