@@ -1,0 +1,79 @@
+"""The ``ssl-lightning`` command through its real entry point, on tiny runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_lightning import SimCLR
+from ssl_lightning.cli import main
+
+ROOT = Path(__file__).parent.parent
+SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+class TinySimCLR(SimCLR):
+    """A user's subclass, reached by its import path."""
+
+    def __init__(self, extra_scale: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extra_scale = extra_scale
+
+
+def _fit_args(tmp_path: Path, model: str, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"--model={model}",
+        "--data",
+        "ImageFolderDataModule",
+        f"--data.data_dir={SAMPLE}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--data.batch_size=16",
+        "--model.backbone=convnet",
+        "--model.backbone_kwargs={width: 8}",
+        "--model.proj_hidden_dim=32",
+        "--trainer.max_steps=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        *extra,
+    ]
+
+
+def test_console_script_and_module_help() -> None:
+    # The console script sits beside the interpreter of the environment it is installed in.
+    script = Path(sys.executable).with_name("ssl-lightning")
+    for command in ([str(script), "--help"], [sys.executable, "-m", "ssl_lightning", "--help"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "fit" in result.stdout
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_configs_parse(config: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: ssl_lightning" in printed and "class_path: datamodules" in printed
+
+
+def test_fit_by_short_names_picks_the_methods_corruption(tmp_path: Path) -> None:
+    main(_fit_args(tmp_path, "SimCLR"))
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    assert "step=2" in ckpt.name
+    config = next(tmp_path.rglob("config.yaml")).read_text()
+    assert "class_path: ssl_lightning.SimCLR" in config
+
+
+def test_fit_a_user_subclass_by_class_path(tmp_path: Path) -> None:
+    main(_fit_args(tmp_path, "tests.test_cli.TinySimCLR", "--model.extra_scale=2.0"))
+    config = next(tmp_path.rglob("config.yaml")).read_text()
+    assert "tests.test_cli.TinySimCLR" in config and "extra_scale: 2.0" in config
+
+
+def test_mismatched_corruption_from_the_command_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="data.corruption"):
+        main(_fit_args(tmp_path, "SimCLR", "--data.corruption=CleanView"))

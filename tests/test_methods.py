@@ -1,0 +1,157 @@
+"""SSLMethod's template (optimizers, schedule, outputs) and SimCLR, without and with a Trainer."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from datamodules import Batch, CleanView, ImageFolderDataModule, SimCLRViews
+from ssl_lightning import SimCLR, create_backbone
+from ssl_lightning.losses import nt_xent
+from ssl_lightning.optim import LARS, warmup_cosine
+
+SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "proj_hidden_dim": 32}
+
+
+def _batch(num_views: int = 2, batch_size: int = 4) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(batch_size, 3, 16, 16, generator=g) for _ in range(num_views)]
+    return Batch(views=views, labels=torch.arange(batch_size))
+
+
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def _datamodule(tmp_path: Path, batch_size: int = 16, **kwargs) -> ImageFolderDataModule:
+    return ImageFolderDataModule(SAMPLE, batch_size=batch_size, cache_dir=tmp_path, **kwargs)
+
+
+def test_simclr_builds_from_a_registered_name() -> None:
+    model = SimCLR(backbone="resnet18")
+    assert model.backbone.num_features == 512
+    assert model.hparams.backbone == "resnet18" and model.hparams.temperature == 0.2
+
+
+def test_simclr_loss_is_nt_xent_of_the_projections_with_one_backbone_pass() -> None:
+    model = SimCLR(**TINY)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batch = _batch(num_views=3, batch_size=4)
+    out = model.pretext_step(batch)
+    assert calls == [12]  # all three views in one pass
+    features = model.backbone(torch.cat(batch.views))
+    expected = nt_xent(model.projector(features).view(3, 4, -1), model.temperature)
+    torch.testing.assert_close(out.loss, expected)
+    assert out.features.shape == (12, model.backbone.num_features)
+    assert out.labels.tolist() == [0, 1, 2, 3] * 3
+
+
+def test_training_step_returns_detached_features_for_callbacks() -> None:
+    model = SimCLR(**TINY)
+    model.log = lambda *args, **kwargs: None  # no Trainer attached
+    out = model.training_step(_batch(), 0)
+    assert set(out) == {"loss", "features", "labels"}
+    assert out["loss"].requires_grad and not out["features"].requires_grad
+
+
+def test_simclr_bad_input_names_the_fix() -> None:
+    model = SimCLR(**TINY)
+    with pytest.raises(ValueError, match="data.corruption"):
+        model.pretext_step(_batch(num_views=1))
+    with pytest.raises(ValueError, match="data.batch_size"):
+        model.pretext_step(_batch(batch_size=1))
+    with pytest.raises(ValueError, match="model.temperature"):
+        SimCLR(**TINY, temperature=0.0)
+    with pytest.raises(ValueError, match="resnet18"):
+        SimCLR(backbone="resnet19")
+    with pytest.raises(ValueError, match="model.optimizer"):
+        SimCLR(**TINY, optimizer="adam")  # type: ignore[arg-type]
+
+
+def test_module_backbone_is_accepted_and_kept_out_of_hparams() -> None:
+    backbone = create_backbone("convnet", width=8)
+    model = SimCLR(backbone=backbone, proj_hidden_dim=16)
+    assert model.backbone is backbone and "backbone" not in model.hparams
+    with pytest.raises(TypeError, match="num_features"):
+        SimCLR(backbone=nn.Linear(3, 3))
+
+
+def test_channels_last_gives_the_same_features() -> None:
+    x = torch.randn(2, 3, 16, 16)
+    model = SimCLR(**TINY).eval()
+    fast = SimCLR(**TINY, channels_last=True).eval()
+    fast.load_state_dict(model.state_dict())
+    fast.setup("fit")
+    torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_optimizer_groups_lr_scaling_and_warmup_cosine(tmp_path: Path) -> None:
+    model = SimCLR(**TINY, optimizer="lars", lr=0.4, weight_decay=1e-5, warmup_epochs=1.0)
+    dm = _datamodule(tmp_path, batch_size=32)  # 120 images: 3 steps per epoch
+    lrs: list[float] = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[RecordLR()])
+    trainer.fit(model, dm)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, LARS)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 1e-5 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+    peak = 0.4 * 32 / 256  # linear scaling by global batch size / 256
+    expected = [peak * warmup_cosine(step, 3, 9) for step in range(9)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SimCLR(**TINY, optimizer="adamw", lr=1e-2, weight_decay=0.0, warmup_epochs=0)
+    dm = _datamodule(tmp_path, batch_size=32)
+    dm.setup("fit")
+    assert dm.train_set is not None
+    images = dm.train_set.images[:32].float() / 255
+    fixed = SimCLRViews()(images, dm.train_set.labels[:32], torch.Generator().manual_seed(1))
+
+    def loss() -> float:
+        with torch.no_grad():
+            return model.pretext_step(fixed).loss.item()
+
+    before = loss()
+    _trainer(tmp_path, max_steps=25).fit(model, dm)
+    assert loss() < before - 0.1
+
+
+def test_fit_uses_simclr_views_and_checkpoints_round_trip(tmp_path: Path) -> None:
+    model = SimCLR(**TINY)
+    dm = _datamodule(tmp_path)
+    trainer = _trainer(tmp_path, max_steps=2, enable_checkpointing=True)
+    trainer.fit(model, dm)
+    assert isinstance(dm.train_corruption(), SimCLRViews)
+    ckpt = next(Path(tmp_path).rglob("*.ckpt"))
+    restored = SimCLR.load_from_checkpoint(ckpt)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[key], value)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["ImageFolderDataModule"]["batches_drawn"] == 2
+
+
+def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
+    dm = _datamodule(tmp_path, corruption=CleanView())
+    with pytest.raises(ValueError, match="SimCLR needs >= 2 views"):
+        _trainer(tmp_path, max_steps=1).fit(SimCLR(**TINY), dm)
