@@ -43,7 +43,7 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
         return self.images[index], self.labels[index]  # [B, 3, H, W] uint8, [B]
 
 
-def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def keep_batch(batch: Any) -> Any:
     """Collate function for datasets that already return whole batches."""
     return batch
 

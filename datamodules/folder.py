@@ -65,8 +65,9 @@ def decode_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
             img = img.convert("RGB")
             if size is not None and img.size != (size[1], size[0]):
                 scale = max(size[0] / img.height, size[1] / img.width)
-                new_w, new_h = max(size[1], round(img.width * scale)), max(
-                    size[0], round(img.height * scale)
+                new_w, new_h = (
+                    max(size[1], round(img.width * scale)),
+                    max(size[0], round(img.height * scale)),
                 )
                 img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
                 left, top = (new_w - size[1]) // 2, (new_h - size[0]) // 2

@@ -17,7 +17,8 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     The one rule: parameters with ``ndim <= 1`` (biases, norm scales and shifts) get no weight
     decay and no LARS adaptation; matrices and conv kernels get both.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -109,7 +110,9 @@ class LARS(Optimizer):
         return loss
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_factor: float = 0.0) -> float:
+def warmup_cosine(
+    step: int, warmup_steps: int, total_steps: int, final_factor: float = 0.0
+) -> float:
     """Learning-rate factor at optimizer step ``step`` (0-based).
 
     Linear warmup from ``1 / (warmup_steps + 1)`` to 1 over the first ``warmup_steps`` steps

@@ -35,4 +35,6 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     per-rank results (saved with ``torch.save``) in rank order. ``fn`` must be importable."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_worker, (world_size, _free_port(), out_dir, fn, args), nprocs=world_size)
-        return [torch.load(Path(out_dir) / f"{r}.pt", weights_only=False) for r in range(world_size)]
+        return [
+            torch.load(Path(out_dir) / f"{r}.pt", weights_only=False) for r in range(world_size)
+        ]

@@ -39,7 +39,9 @@ class TensorDataModule(InMemoryDataModule):
         self.labels = torch.arange(n) % 4
 
     def load_split(self, split):
-        return (self.images, self.labels) if split == "train" else (self.images[:8], self.labels[:8])
+        return (
+            (self.images, self.labels) if split == "train" else (self.images[:8], self.labels[:8])
+        )
 
 
 class FakeTrainer:
@@ -102,12 +104,15 @@ def _views(seed: int, rank: int, batches: int = 2, state=None) -> list[torch.Ten
     if state is not None:
         dm.load_state_dict(state)
     dm.trainer = FakeTrainer(training=True, rank=rank)
-    return [dm.on_after_batch_transfer((dm.images[:8], dm.labels[:8]), 0).views[0] for _ in range(batches)]
+    return [
+        dm.on_after_batch_transfer((dm.images[:8], dm.labels[:8]), 0).views[0]
+        for _ in range(batches)
+    ]
 
 
 def test_augmentation_is_seeded_per_rank_and_per_batch() -> None:
     a, b = _views(seed=3, rank=0), _views(seed=3, rank=0)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y)  # same seed, same views
     assert not torch.allclose(a[0], a[1])  # the stream moves on between batches
     assert not torch.allclose(a[0], _views(seed=3, rank=1)[0])  # ranks differ
@@ -301,7 +306,9 @@ def test_cifar10_uses_a_placed_archive_without_network(fake_cifar: Path, monkeyp
     assert dm.train_set is not None and len(dm.train_set) == 50
 
 
-def test_cifar10_failed_download_says_where_to_put_the_archive(fake_cifar: Path, monkeypatch) -> None:
+def test_cifar10_failed_download_says_where_to_put_the_archive(
+    fake_cifar: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:9/unreachable.tar.gz")
     dm = CIFAR10DataModule(data_dir=fake_cifar / "data")
     with pytest.raises(RuntimeError, match=r"place cifar-10-python.tar.gz .* in"):

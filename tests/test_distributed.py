@@ -18,8 +18,11 @@ def _gather_rank(rank: int, world_size: int) -> dict:
     gathered = distributed.gather(x)
     # Rank r weighs the gathered rows by (r + 1): rank k's input gets sum_r (r + 1) back.
     (gathered.sum() * (rank + 1)).backward()
-    return {"gathered": gathered.detach(), "grad": x.grad, "mean": distributed.all_reduce_mean(
-        torch.tensor([float(rank)]))}
+    return {
+        "gathered": gathered.detach(),
+        "grad": x.grad,
+        "mean": distributed.all_reduce_mean(torch.tensor([float(rank)])),
+    }
 
 
 def test_gather_concatenates_in_rank_order_and_sums_gradients() -> None:

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -67,7 +68,11 @@ def test_lars_nesterov() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"lr": -1.0}, "lr"), ({"lr": 0.1, "momentum": 1.0}, "momentum"), ({"lr": 0.1, "eta": 0}, "eta")],
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"lr": 0.1, "momentum": 1.0}, "momentum"),
+        ({"lr": 0.1, "eta": 0}, "eta"),
+    ],
 )
 def test_lars_rejects_bad_arguments(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
@@ -82,7 +87,7 @@ def test_warmup_cosine_values() -> None:
     # Halfway through the decay the cosine is at its midpoint.
     assert factors[9] == pytest.approx(0.1 + 0.9 * 0.5)
     assert factors[14] == pytest.approx(0.1) and factors[15] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
 
 
 def test_warmup_cosine_without_warmup_starts_at_one() -> None:

@@ -95,26 +95,39 @@ class SSLMethod(L.LightningModule):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         elif backbone_kwargs:
             raise ValueError("backbone_kwargs only apply when backbone is a registered name")
-        if not isinstance(getattr(backbone, "num_features", None), int):
+        num_features = getattr(backbone, "num_features", None)
+        if not isinstance(num_features, int):
             raise TypeError(
                 f"backbone {type(backbone).__name__} has no integer `num_features`; a backbone "
                 "must follow the contract in ssl_lightning.backbones (num_features, pooled forward)"
             )
         self.backbone = backbone
+        self.num_features = num_features
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.betas = betas
+        self.lars_eta = lars_eta
+        self.warmup_epochs = warmup_epochs
+        self.final_lr_factor = final_lr_factor
+        self.scale_lr = scale_lr
+        self.channels_last = channels_last
+        self.compile_backbone = compile
 
     def default_corruption(self) -> Corruption:
         """The corruption the datamodule applies when its config sets none."""
         return CleanView()
 
     def setup(self, stage: str) -> None:
-        if self.hparams.channels_last:
+        if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        if self.hparams.compile:
+        if self.compile_backbone:
             self.backbone.compile()
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled backbone features: ``[B, 3, H, W] -> [B, num_features]``."""
-        if self.hparams.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
@@ -134,23 +147,26 @@ class SSLMethod(L.LightningModule):
         return {"features": self(batch.views[0]), "labels": batch.labels}
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        lr = hp.lr * self._global_batch_size() / 256 if hp.scale_lr else hp.lr
-        groups = param_groups(self, hp.weight_decay)
+        lr = self.lr * self._global_batch_size() / 256 if self.scale_lr else self.lr
+        groups = param_groups(self, self.weight_decay)
         optimizer: torch.optim.Optimizer
-        if hp.optimizer == "lars":
-            optimizer = LARS(groups, lr=lr, momentum=hp.momentum, eta=hp.lars_eta)
-        elif hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
+        if self.optimizer_name == "lars":
+            optimizer = LARS(groups, lr=lr, momentum=self.momentum, eta=self.lars_eta)
+        elif self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.momentum)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=hp.betas)
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
 
         total_steps, steps_per_epoch = self._schedule_length()
-        warmup_steps = min(total_steps, round(hp.warmup_epochs * steps_per_epoch))
+        warmup_steps = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
+        final = self.final_lr_factor
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, hp.final_lr_factor)
+            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, final)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def _schedule_length(self) -> tuple[int, int]:
         """Optimizer steps in the whole run and per epoch."""
@@ -158,7 +174,8 @@ class SSLMethod(L.LightningModule):
         total = trainer.estimated_stepping_batches
         if total == float("inf"):
             raise ValueError(
-                "the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
+                "the cosine schedule needs a finite run: set trainer.max_epochs or "
+                "trainer.max_steps"
             )
         if trainer.train_dataloader is None:
             trainer.fit_loop.setup_data()  # as estimated_stepping_batches does, for per-epoch size
@@ -168,7 +185,7 @@ class SSLMethod(L.LightningModule):
         return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
 
     def _global_batch_size(self) -> int:
-        batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
         if not isinstance(batch_size, int):
             raise ValueError(
                 "scale_lr=True needs the datamodule's integer `batch_size` to compute the global "

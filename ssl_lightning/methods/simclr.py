@@ -67,7 +67,7 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
-            self.backbone.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
+            self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
         )
 
     def default_corruption(self) -> Corruption:
