@@ -1,0 +1,360 @@
+"""Batched augmentation ops against torchvision's per-image functional ops."""
+
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+
+from datamodules.corruptions import (
+    SimCLRViews,
+    ViewTransform,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    grayscale,
+    hflip,
+    resized_crop,
+    rgb_to_grayscale,
+    sample_bernoulli,
+    sample_crop_boxes,
+    sample_jitter_factors,
+    sample_permutations,
+)
+
+ATOL = 1e-5
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand_images(batch: int, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, height, width, generator=gen(seed))
+
+
+def quantized_images(batch: int, seed: int = 0) -> torch.Tensor:
+    """Few gray levels, so channel ties and gray pixels (hue's edge cases) are frequent."""
+    levels = torch.randint(0, 4, (batch, 3, 8, 8), generator=gen(seed))
+    return levels.float() / 3
+
+
+# --- resized_crop -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize(
+    ("in_hw", "size"),
+    [
+        ((32, 32), (32, 32)),  # the CIFAR case: crops upsampled back to the input size
+        ((48, 40), (12, 10)),  # downsampling, where antialiasing matters
+        ((32, 40), (20, 36)),  # non-square output, mixed up/down per image
+        ((24, 24), (7, 50)),  # strongly anisotropic
+    ],
+)
+def test_resized_crop_matches_torchvision(in_hw, size, antialias):
+    height, width = in_hw
+    images = rand_images(24, height, width)
+    boxes = sample_crop_boxes(24, height, width, generator=gen(1))
+    # Plus the edge cases: the whole image, a single pixel, a one-pixel-wide strip.
+    boxes[:3] = torch.tensor([[0, 0, height, width], [3, 5, 1, 1], [0, width - 1, height, 1]])
+    out = resized_crop(images, boxes, size, antialias=antialias)
+    expected = torch.stack(
+        [
+            F.resized_crop(img, *box.tolist(), list(size), InterpolationMode.BILINEAR, antialias)
+            for img, box in zip(images, boxes, strict=True)
+        ]
+    )
+    assert out.shape == (24, 3, *size)
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_resized_crop_int_size_is_square_and_flip_is_hflip():
+    images = rand_images(16, 32, 40)
+    boxes = sample_crop_boxes(16, 32, 40, generator=gen(1))
+    flip = sample_bernoulli(16, 0.5, gen(2))
+    plain = resized_crop(images, boxes, 24)
+    assert plain.shape == (16, 3, 24, 24)
+    flipped = resized_crop(images, boxes, 24, flip=flip)
+    torch.testing.assert_close(flipped, hflip(plain, flip), atol=ATOL, rtol=0)
+
+
+def test_hflip_matches_torchvision_and_keeps_the_rest():
+    images = rand_images(16)
+    flip = sample_bernoulli(16, 0.5, gen(1))
+    out = hflip(images, flip)
+    for img, got, f in zip(images, out, flip, strict=True):
+        assert torch.equal(got, F.horizontal_flip(img) if f else img)
+
+
+# --- sample_crop_boxes ------------------------------------------------------------------------
+
+
+def test_crop_boxes_inside_image_and_in_range():
+    height, width = 600, 800  # large, so rounding to whole pixels barely moves area and ratio
+    boxes = sample_crop_boxes(4000, height, width, (0.08, 1.0), (3 / 4, 4 / 3), gen())
+    assert boxes.dtype == torch.long and boxes.shape == (4000, 4)
+    top, left, h, w = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+    area = (h * w).double() / (height * width)
+    ratio = w.double() / h.double()
+    assert area.min() >= 0.08 - 0.005 and area.max() <= 1.0 + 0.005
+    assert ratio.min() >= 3 / 4 - 0.01 and ratio.max() <= 4 / 3 + 0.01
+    # Every image draws its own box.
+    assert len({tuple(b) for b in boxes.tolist()}) > 3900
+
+
+def crop_features(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per box: top, left, h, w, area, log aspect ratio, full height, full width."""
+    top, left, h, w = boxes.double().unbind(1)
+    return torch.stack(
+        [top, left, h, w, h * w, (w / h).log(), (h == height).double(), (w == width).double()], 1
+    )
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (24, 40)])
+def test_crop_box_statistics_match_torchvision(height, width):
+    """Box statistics of ours vs torchvision's get_params (rounding and fallback included)."""
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    ours = crop_features(
+        sample_crop_boxes(20000, height, width, scale, ratio, gen()), height, width
+    )
+    torch.manual_seed(0)
+    image = torch.empty(3, height, width)
+    theirs = torch.tensor(
+        [RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(4000)]
+    )
+    theirs = crop_features(theirs, height, width)
+    # Four standard errors of the difference of the two means.
+    tolerance = 4 * (ours.var(0) / len(ours) + theirs.var(0) / len(theirs)).sqrt() + 1e-9
+    assert ((ours.mean(0) - theirs.mean(0)).abs() <= tolerance).all()
+
+
+@pytest.mark.parametrize(("scale", "ratio"), [((0.9, 1.0), (3.0, 4.0)), ((0.9, 1.0), (0.2, 0.3))])
+def test_crop_box_fallback_is_torchvision_center_crop(scale, ratio):
+    """No attempt can fit: both give the centered crop clamped to the ratio range."""
+    height, width = 30, 36
+    boxes = sample_crop_boxes(8, height, width, scale, ratio, gen())
+    expected = RandomResizedCrop.get_params(torch.empty(3, height, width), scale, ratio)
+    assert (boxes == torch.tensor(expected)).all()
+
+
+# --- color ops --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "low", "high"),
+    [
+        (adjust_brightness, F.adjust_brightness, 0.0, 2.0),
+        (adjust_contrast, F.adjust_contrast, 0.0, 2.0),
+        (adjust_saturation, F.adjust_saturation, 0.0, 2.0),
+        (adjust_hue, F.adjust_hue, -0.5, 0.5),
+    ],
+)
+@pytest.mark.parametrize("make_images", [rand_images, quantized_images])
+def test_color_op_matches_torchvision(ours, theirs, low, high, make_images):
+    images = make_images(32)
+    factor = torch.rand(32, generator=gen(1)) * (high - low) + low
+    factor[:2] = torch.tensor([low, high])
+    out = ours(images, factor)
+    expected = torch.stack([theirs(img, float(f)) for img, f in zip(images, factor, strict=True)])
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_rgb_to_grayscale_matches_torchvision():
+    images = rand_images(8)
+    torch.testing.assert_close(
+        rgb_to_grayscale(images), F.rgb_to_grayscale(images), atol=ATOL, rtol=0
+    )
+
+
+def test_grayscale_only_where_applied():
+    images = rand_images(16)
+    apply = sample_bernoulli(16, 0.5, gen(1))
+    out = grayscale(images, apply)
+    assert out.shape == images.shape
+    for img, got, a in zip(images, out, apply, strict=True):
+        if a:
+            expected = F.rgb_to_grayscale(img, num_output_channels=3)
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+        else:
+            assert torch.equal(got, img)
+
+
+TV_JITTER = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+
+
+def test_color_jitter_applies_ops_in_each_images_order():
+    batch = 48
+    images = rand_images(batch)
+    factors = sample_jitter_factors(batch, 0.4, 0.4, 0.4, 0.3, gen(1))
+    order = sample_permutations(batch, 4, gen(2))
+    apply = sample_bernoulli(batch, 0.75, gen(3))
+    out = color_jitter(images, factors, order, apply)
+    for i in range(batch):
+        expected = images[i]
+        if apply[i]:
+            for op in order[i].tolist():
+                expected = TV_JITTER[op](expected, float(factors[i, op]))
+            torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
+        else:
+            assert torch.equal(out[i], images[i])  # bit for bit
+
+
+def test_color_jitter_order_matters():
+    images = rand_images(1).expand(24, -1, -1, -1)
+    factors = torch.tensor([[1.4, 0.6, 1.3, 0.25]]).expand(24, -1)
+    # All 24 permutations of four ops: most give distinct results.
+    order = torch.cartesian_prod(*[torch.arange(4)] * 4)
+    order = order[torch.tensor([len(set(p.tolist())) == 4 for p in order])]
+    out = color_jitter(images, factors, order, torch.ones(24, dtype=torch.bool))
+    distinct = {tuple(o.flatten()[:64].mul(1e4).round().tolist()) for o in out}
+    assert len(distinct) > 12
+
+
+def test_color_jitter_skips_identity_factors_like_colorjitter():
+    images = rand_images(8)
+    factors = sample_jitter_factors(8, 0.4, 0.4, 0.2, 0.0, gen(1))  # hue strength 0
+    assert (factors[:, 3] == 0).all()
+    order = sample_permutations(8, 4, gen(2))
+    out = color_jitter(images, factors, order, torch.ones(8, dtype=torch.bool))
+    for i in range(8):
+        expected = images[i]
+        for op in order[i].tolist():
+            if op != 3:  # ColorJitter(hue=0) never calls adjust_hue
+                expected = TV_JITTER[op](expected, float(factors[i, op]))
+        torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
+
+
+# --- samplers ---------------------------------------------------------------------------------
+
+
+def test_jitter_factor_ranges_and_permutations():
+    factors = sample_jitter_factors(5000, 0.4, 1.5, 0.2, 0.1, gen())
+    low = torch.tensor([0.6, 0.0, 0.8, -0.1])
+    high = torch.tensor([1.4, 2.5, 1.2, 0.1])
+    assert (factors >= low).all() and (factors <= high).all()
+    # Uniform: the mean sits mid-range and the extremes are reached.
+    torch.testing.assert_close(factors.mean(0), (low + high) / 2, atol=0.03, rtol=0)
+    assert ((factors.amin(0) - low) < 0.01).all() and ((high - factors.amax(0)) < 0.01).all()
+    order = sample_permutations(500, 4, gen())
+    assert (order.sort(1).values == torch.arange(4)).all()
+    assert len({tuple(o) for o in order.tolist()}) == 24
+
+
+def test_bernoulli_rate():
+    mask = sample_bernoulli(20000, 0.3, gen())
+    assert mask.dtype == torch.bool and abs(mask.float().mean().item() - 0.3) < 0.015
+    assert not sample_bernoulli(100, 0.0, gen()).any() and sample_bernoulli(100, 1.0, gen()).all()
+
+
+# --- ViewTransform and SimCLRViews ------------------------------------------------------------
+
+
+def test_every_image_draws_its_own_parameters():
+    images = rand_images(1).expand(32, -1, -1, -1)  # the same image 32 times
+    views = ViewTransform()(images, gen())
+    distinct = {tuple(v.flatten()[:64].mul(1e4).round().tolist()) for v in views}
+    assert len(distinct) == 32
+
+
+def test_same_seed_same_views_other_seed_other_views():
+    images = rand_images(16)
+    corruption = SimCLRViews()
+    labels = torch.arange(16)
+    a = corruption(images, labels, gen(7))
+    b = corruption(images, labels, gen(7))
+    c = corruption(images, labels, gen(8))
+    assert all(torch.equal(x, y) for x, y in zip(a.views, b.views, strict=True))
+    assert not torch.equal(a.views[0], c.views[0])
+
+
+@pytest.mark.parametrize(("num_views", "size"), [(2, None), (3, 16)])
+def test_simclr_views(num_views, size):
+    images = rand_images(8, 32, 40)
+    labels = torch.arange(8)
+    batch = SimCLRViews(num_views=num_views, size=size)(images, labels, gen())
+    expected_hw = (32, 40) if size is None else (size, size)
+    assert len(batch.views) == num_views
+    assert torch.equal(batch.labels, labels)
+    for view in batch.views:
+        assert view.shape == (8, 3, *expected_hw) and view.dtype == images.dtype
+        assert view.min() >= 0.0 and view.max() <= 1.0
+    assert not torch.equal(batch.views[0], batch.views[1])
+
+
+def test_view_transform_float64():
+    images = rand_images(4).double()
+    assert ViewTransform(size=16)(images, gen()).dtype == torch.float64
+
+
+# --- argument validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_views": 0}, "num_views"),
+        ({"size": 0}, "size"),
+        ({"flip_p": 1.5}, "flip_p"),
+        ({"jitter_p": -0.1}, "jitter_p"),
+        ({"grayscale_p": 2.0}, "grayscale_p"),
+        ({"crop_scale": (0.5, 0.1)}, "crop_scale"),
+        ({"crop_scale": (0.0, 1.0)}, "crop_scale"),
+        ({"crop_ratio": (-1.0, 1.0)}, "crop_ratio"),
+        ({"brightness": -0.1}, "brightness"),
+        ({"contrast": -1.0}, "contrast"),
+        ({"saturation": -0.5}, "saturation"),
+        ({"hue": 0.6}, "hue"),
+        ({"hue": -0.1}, "hue"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name) as info:
+        SimCLRViews(**kwargs)
+    # The message also shows the bad value.
+    value = next(iter(kwargs.values()))
+    assert repr(value) in str(info.value)
+
+
+def test_bad_sampler_arguments_raise():
+    with pytest.raises(ValueError, match="p=1.2"):
+        sample_bernoulli(4, 1.2, gen())
+    with pytest.raises(ValueError, match="scale"):
+        sample_crop_boxes(4, 32, 32, scale=(1.0, 0.5))
+    with pytest.raises(ValueError, match="ratio"):
+        sample_crop_boxes(4, 32, 32, ratio=(0.0, 1.0))
+    with pytest.raises(ValueError, match="hue"):
+        sample_jitter_factors(4, hue=0.75)
+
+
+def test_repr_shows_the_recipe():
+    assert "num_views=3" in repr(SimCLRViews(num_views=3))
+    assert math.isclose(SimCLRViews().view.crop_ratio[1], 4 / 3)
+
+
+def test_public_ops_leave_their_input_untouched():
+    images = rand_images(8)
+    before = images.clone()
+    ones = torch.ones(8, dtype=torch.bool)
+    factor = torch.full((8,), 0.3)
+    adjust_brightness(images, factor)
+    adjust_contrast(images, factor)
+    adjust_saturation(images, factor)
+    adjust_hue(images, factor)
+    color_jitter(images, factor[:, None].expand(-1, 4), sample_permutations(8, 4, gen()), ones)
+    grayscale(images, ones)
+    hflip(images, ones)
+    resized_crop(images, sample_crop_boxes(8, 32, 32, generator=gen()), 16, flip=ones)
+    assert torch.equal(images, before)
+
+
+def test_views_stay_on_the_images_device():
+    """Meta tensors fail on any op that mixes in a parameter left on the CPU."""
+    images = torch.empty(8, 3, 32, 32, device="meta")
+    batch = SimCLRViews(size=16)(images, torch.zeros(8, dtype=torch.long), gen())
+    assert all(v.device.type == "meta" and v.shape == (8, 3, 16, 16) for v in batch.views)
