@@ -155,3 +155,16 @@ def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
     dm = _datamodule(tmp_path, corruption=CleanView())
     with pytest.raises(ValueError, match="SimCLR needs >= 2 views"):
         _trainer(tmp_path, max_steps=1).fit(SimCLR(**TINY), dm)
+
+
+def test_embed_views_runs_one_pass_per_resolution() -> None:
+    model = SimCLR(**TINY).eval()
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[:1])))
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)]
+    views += [torch.randn(4, 3, 8, 8, generator=g) for _ in range(3)]
+    features = model.embed_views(views)
+    assert calls == [(8,), (12,)]  # two global views together, three local views together
+    expected = torch.cat([model.backbone(v) for v in views])
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)

@@ -131,6 +131,21 @@ class SSLMethod(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
+    def embed_views(self, views: list[Tensor]) -> Tensor:
+        """Pooled features of all views, ``[V * B, num_features]`` in view order.
+
+        Consecutive views of one size share a single backbone pass (``torch.cat`` then split):
+        one pass for SimCLR's two views, one per resolution for multi-crop.
+        """
+        features, start = [], 0
+        while start < len(views):
+            end = start + 1
+            while end < len(views) and views[end].shape == views[start].shape:
+                end += 1
+            features.append(self(torch.cat(views[start:end])))
+            start = end
+        return torch.cat(features)
+
     def pretext_step(self, batch: Batch) -> PretextOutput:
         """Computes the pretext loss of one training batch; subclasses implement it."""
         raise NotImplementedError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from datamodules.batch import Batch
@@ -86,7 +85,7 @@ class SimCLR(SSLMethod):
                 f"SimCLR needs >= 2 images per batch (the others are its negatives), got "
                 f"{batch_size}; set data.batch_size >= 2"
             )
-        features = self(torch.cat(batch.views))  # [V*B, D], one backbone pass for all views
+        features = self.embed_views(batch.views)  # [V*B, D]
         z = self.projector(features).view(num_views, batch_size, -1)  # [V, B, P]
         loss = nt_xent(z, self.temperature, self.gather_distributed)
         return PretextOutput(loss=loss, features=features, labels=batch.labels.repeat(num_views))
