@@ -5,6 +5,8 @@ from datamodules.batch import Batch
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from datamodules.corruptions import CleanView, Corruption, SimCLRViews
 from datamodules.folder import ImageFolderDataModule
+from datamodules.masking import PatchMask
+from datamodules.rotation import Rotations
 
 __all__ = [
     "Batch",
@@ -15,5 +17,7 @@ __all__ = [
     "ImageFolderDataModule",
     "InMemoryDataModule",
     "InMemoryDataset",
+    "PatchMask",
+    "Rotations",
     "SimCLRViews",
 ]
