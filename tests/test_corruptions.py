@@ -1,6 +1,7 @@
 """Batched augmentation ops against torchvision's per-image functional ops."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,13 +9,17 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from datamodules.corruptions import (
+    BYOLViews,
+    MultiCropViews,
     SimCLRViews,
     ViewTransform,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
+    blur_kernel_sizes,
     color_jitter,
+    gaussian_blur,
     grayscale,
     hflip,
     resized_crop,
@@ -23,6 +28,8 @@ from datamodules.corruptions import (
     sample_crop_boxes,
     sample_jitter_factors,
     sample_permutations,
+    sample_uniform,
+    solarize,
 )
 
 ATOL = 1e-5
@@ -230,6 +237,75 @@ def test_color_jitter_skips_identity_factors_like_colorjitter():
         torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
 
 
+# --- gaussian blur and solarization ----------------------------------------------------------
+
+
+def test_blur_kernel_sizes_cover_three_sigma_and_fit_the_image():
+    sigma = torch.tensor([0.1, 0.33, 1.0, 1.01, 2.0, 5.0])
+    assert blur_kernel_sizes(sigma).tolist() == [3, 3, 7, 9, 13, 31]
+    assert blur_kernel_sizes(sigma, max_size=16).tolist() == [3, 3, 7, 9, 13, 15]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "kernel_size"),
+    [
+        (32, 32, None),  # sizes derived from each sigma: 3 to 13 taps
+        (20, 28, None),  # non-square
+        (32, 32, 23),  # BYOL's fixed kernel, wider than most sigmas need
+        (6, 9, None),  # large sigmas on a tiny image: kernels capped to 11 taps (radius 5)
+        (6, 9, 11),  # the largest kernel reflect padding allows on 6 rows
+    ],
+)
+def test_gaussian_blur_matches_torchvision(height, width, kernel_size):
+    images = rand_images(24, height, width)
+    sigma = sample_uniform(24, (0.1, 3.0), gen(1))
+    sigma[:2] = torch.tensor([0.1, 3.0])
+    out = gaussian_blur(images, sigma, kernel_size)
+    sizes = blur_kernel_sizes(sigma, 2 * min(height, width) - 1)
+    if kernel_size is not None:
+        sizes = torch.full_like(sizes, kernel_size)
+    expected = torch.stack(
+        [
+            F.gaussian_blur(img, [int(k)] * 2, [float(s)] * 2)
+            for img, s, k in zip(images, sigma, sizes, strict=True)
+        ]
+    )
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_gaussian_blur_per_image_kernel_sizes_and_subset():
+    images = rand_images(12, 16, 16)
+    sigma = sample_uniform(12, (0.5, 2.0), gen(1))
+    sizes = torch.tensor([1, 3, 5, 7, 9, 11, 13, 15, 3, 5, 7, 9])
+    apply = sample_bernoulli(12, 0.5, gen(2))
+    out = gaussian_blur(images, sigma, sizes, apply=apply)
+    for i in range(12):
+        if apply[i]:
+            expected = F.gaussian_blur(images[i], [int(sizes[i])] * 2, [float(sigma[i])] * 2)
+            torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
+        else:
+            assert torch.equal(out[i], images[i])  # bit for bit
+
+
+def test_gaussian_blur_bad_arguments_name_the_fix():
+    images = rand_images(2, 8, 8)
+    with pytest.raises(ValueError, match="blur_kernel_size=4"):
+        gaussian_blur(images, torch.ones(2), 4)
+    with pytest.raises(ValueError, match="blur_kernel_size=17 is invalid for 8x8"):
+        gaussian_blur(images, torch.ones(2), 17)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(images, torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 1.0])
+def test_solarize_matches_torchvision_where_applied(threshold):
+    images = quantized_images(16)  # exact 0, 1/3, 2/3, 1: pixels equal to the threshold occur
+    apply = sample_bernoulli(16, 0.5, gen(1))
+    out = solarize(images, threshold, apply)
+    for img, got, a in zip(images, out, apply, strict=True):
+        assert torch.equal(got, F.solarize(img, threshold) if a else img)
+
+
 # --- samplers ---------------------------------------------------------------------------------
 
 
@@ -273,6 +349,128 @@ def test_same_seed_same_views_other_seed_other_views():
     assert not torch.equal(a.views[0], c.views[0])
 
 
+def _tv_view(image, box, flip, jitter, factors, order, gray, size, blur=None, solar=None):
+    """torchvision's per-image functional ops with the given parameters, in recipe order."""
+    out = F.resized_crop(image, *box.tolist(), [size, size], InterpolationMode.BILINEAR, True)
+    if flip:
+        out = F.horizontal_flip(out)
+    if jitter:
+        for op in order.tolist():
+            out = TV_JITTER[op](out, float(factors[op]))
+    if gray:
+        out = F.rgb_to_grayscale(out, num_output_channels=3)
+    if blur is not None:
+        out = F.gaussian_blur(out, [blur[1]] * 2, [blur[0]] * 2)
+    if solar is not None:
+        out = F.solarize(out, solar)
+    return out
+
+
+def test_view_transform_equals_torchvision_per_image_with_the_same_parameters():
+    """The whole recipe, blur and solarization included, against torchvision image by image."""
+    batch, size = 32, 24
+    images = rand_images(batch, 32, 40)
+    view = ViewTransform(size=size, hue=0.3, blur_p=0.6, solarize_p=0.5, solarize_threshold=0.6)
+    out = view(images, gen(5))
+    # Draw the parameters again, in the order ViewTransform draws them.
+    g = gen(5)
+    boxes = sample_crop_boxes(batch, 32, 40, view.crop_scale, view.crop_ratio, g)
+    flip = sample_bernoulli(batch, view.flip_p, g)
+    jitter = sample_bernoulli(batch, view.jitter_p, g)
+    factors = sample_jitter_factors(batch, 0.4, 0.4, 0.2, 0.3, g)
+    order = sample_permutations(batch, 4, g)
+    gray = sample_bernoulli(batch, view.grayscale_p, g)
+    blur = sample_bernoulli(batch, view.blur_p, g)
+    sigma = sample_uniform(batch, view.blur_sigma, g)
+    solar = sample_bernoulli(batch, view.solarize_p, g)
+    kernel = blur_kernel_sizes(sigma)
+    assert blur.any() and (~blur).any() and solar.any() and (~solar).any()
+    for i in range(batch):
+        expected = _tv_view(
+            images[i],
+            boxes[i],
+            flip[i],
+            jitter[i],
+            factors[i],
+            order[i],
+            gray[i],
+            size,
+            (float(sigma[i]), int(kernel[i])) if blur[i] else None,
+            0.6 if solar[i] else None,
+        )
+        torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
+
+
+def test_blur_and_solarize_parameters_differ_per_image():
+    images = rand_images(1).expand(32, -1, -1, -1)
+    only_blur = ViewTransform(crop_scale=(1.0, 1.0), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=1)
+    blurred = only_blur(images, gen())
+    distinct = {tuple(v.flatten()[:64].mul(1e4).round().tolist()) for v in blurred}
+    assert len(distinct) == 32  # one sigma per image
+    only_solarize = replace(only_blur, blur_p=0.0, solarize_p=0.5)
+    solarized = only_solarize(images, gen())
+    changed = (solarized != images).flatten(1).any(1)
+    assert 4 < changed.sum() < 28  # some images solarized, others not
+
+
+def test_off_ops_draw_nothing_so_older_recipes_keep_their_views():
+    images = rand_images(8)
+    plain = ViewTransform()(images, gen(3))
+    off = ViewTransform(blur_p=0.0, solarize_p=0.0, blur_kernel_size=5)(images, gen(3))
+    assert torch.equal(plain, off)
+
+
+def test_byol_views_are_asymmetric_with_the_papers_probabilities():
+    corruption = BYOLViews(size=16)
+    first, second = corruption.views
+    assert (first.blur_p, second.blur_p) == (1.0, 0.1)
+    assert (first.solarize_p, second.solarize_p) == (0.0, 0.2)
+    assert first.crop_scale == second.crop_scale == (0.08, 1.0) and first.size == 16
+    images = rand_images(8)
+    batch = corruption(images, torch.arange(8), gen(1))
+    # Each view is its own recipe applied with the shared generator, in view order.
+    g = gen(1)
+    expected = [first(images, g), second(images, g)]
+    assert all(torch.equal(a, b) for a, b in zip(batch.views, expected, strict=True))
+    assert torch.equal(batch.labels, torch.arange(8))
+
+
+def test_byol_second_view_solarizes_about_a_fifth_of_the_images():
+    # Flat mid-gray images: every view is the same gray unless solarized (0.6 -> 0.4).
+    images = torch.full((2000, 3, 8, 8), 0.6)
+    corruption = BYOLViews(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0))
+    first, second = corruption(images, torch.zeros(2000), gen()).views
+    assert (first - 0.6).abs().max() < 1e-5
+    solarized = ((second - 0.4).abs() < 1e-5).flatten(1).all(1).float().mean()
+    assert abs(solarized.item() - 0.2) < 0.03
+
+
+def test_multicrop_views_global_then_local():
+    corruption = MultiCropViews(num_global=2, num_local=3, local_size=12, blur_p=0.0)
+    images = rand_images(4, 32, 32)
+    batch = corruption(images, torch.arange(4), gen())
+    assert [tuple(v.shape) for v in batch.views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 3
+    assert corruption.local_view.crop_scale == (0.05, 0.14)
+    assert corruption.global_view.crop_scale == (0.14, 1.0)
+    assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in batch.views)
+    # The default local size is SwAV's 96/224 of the global size.
+    sizes = {
+        v.shape[-1] for v in MultiCropViews(global_size=28)(images, torch.arange(4), gen()).views
+    }
+    assert sizes == {28, 12}
+
+
+def test_multicrop_global_size_larger_than_the_images_names_both():
+    corruption = MultiCropViews(global_size=64, local_size=24)
+    with pytest.raises(ValueError, match=r"global_size=64 is larger than the 32x32") as info:
+        corruption(rand_images(2), torch.zeros(2), gen())
+    assert "data.image_size" in str(info.value)
+    with pytest.raises(ValueError, match=r"size=48 is larger than the 32x40"):
+        SimCLRViews(size=48)(rand_images(2, 32, 40), torch.zeros(2), gen())
+    with pytest.raises(ValueError, match=r"local_size=32 must be smaller than global_size=32"):
+        MultiCropViews(global_size=32, local_size=32)
+
+
 @pytest.mark.parametrize(("num_views", "size"), [(2, None), (3, 16)])
 def test_simclr_views(num_views, size):
     images = rand_images(8, 32, 40)
@@ -311,6 +509,10 @@ def test_view_transform_float64():
         ({"saturation": -0.5}, "saturation"),
         ({"hue": 0.6}, "hue"),
         ({"hue": -0.1}, "hue"),
+        ({"blur_p": 1.1}, "blur_p"),
+        ({"blur_sigma": (2.0, 1.0)}, "blur_sigma"),
+        ({"blur_kernel_size": 4}, "blur_kernel_size"),
+        ({"blur_kernel_size": 0}, "blur_kernel_size"),
     ],
 )
 def test_bad_arguments_raise(kwargs, name):
@@ -319,6 +521,25 @@ def test_bad_arguments_raise(kwargs, name):
     # The message also shows the bad value.
     value = next(iter(kwargs.values()))
     assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ViewTransform(solarize_p=-0.2), r"solarize_p=-0.2 is not a probability"),
+        (lambda: ViewTransform(solarize_threshold=1.5), r"solarize_threshold=1.5"),
+        (lambda: BYOLViews(blur_p=(1.0, 1.5)), r"blur_p\[1\]=1.5 is not a probability"),
+        (lambda: BYOLViews(solarize_p=(-0.1, 0.2)), r"solarize_p\[0\]=-0.1"),
+        (lambda: BYOLViews(solarize_p=(0.1,)), r"one value per view"),
+        (lambda: MultiCropViews(blur_p=2.0), r"blur_p=2.0 is not a probability"),
+        (lambda: MultiCropViews(num_global=0), r"num_global=0"),
+        (lambda: MultiCropViews(num_local=-1), r"num_local=-1"),
+        (lambda: MultiCropViews(local_scale=(0.5, 0.1)), r"crop_scale"),
+    ],
+)
+def test_bad_recipe_arguments_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_bad_sampler_arguments_raise():
@@ -348,13 +569,19 @@ def test_public_ops_leave_their_input_untouched():
     adjust_hue(images, factor)
     color_jitter(images, factor[:, None].expand(-1, 4), sample_permutations(8, 4, gen()), ones)
     grayscale(images, ones)
+    gaussian_blur(images, factor + 1.0)
+    solarize(images, 0.5, ones)
     hflip(images, ones)
     resized_crop(images, sample_crop_boxes(8, 32, 32, generator=gen()), 16, flip=ones)
     assert torch.equal(images, before)
 
 
-def test_views_stay_on_the_images_device():
+@pytest.mark.parametrize(
+    "corruption",
+    [SimCLRViews(size=16), BYOLViews(size=16), MultiCropViews(num_local=2, solarize_p=0.5)],
+)
+def test_views_stay_on_the_images_device(corruption):
     """Meta tensors fail on any op that mixes in a parameter left on the CPU."""
     images = torch.empty(8, 3, 32, 32, device="meta")
-    batch = SimCLRViews(size=16)(images, torch.zeros(8, dtype=torch.long), gen())
-    assert all(v.device.type == "meta" and v.shape == (8, 3, 16, 16) for v in batch.views)
+    batch = corruption(images, torch.zeros(8, dtype=torch.long), gen())
+    assert all(v.device.type == "meta" and v.shape[0] == 8 for v in batch.views)

@@ -1,0 +1,71 @@
+"""Batched, per-image-random, device-agnostic corruptions and augmentations.
+
+Every op takes a float batch ``[B, 3, H, W]`` in ``[0, 1]`` on any device and explicit
+per-image parameters, so it can be checked against torchvision's per-image functional op.
+Parameters are drawn on the CPU from a ``torch.Generator`` the datamodule owns (seeded per
+rank and per batch), then moved to the images' device: the same seed gives the same views
+on CPU and GPU.
+
+Layers, bottom up:
+
+- ops take per-image parameters and match torchvision's per-image tensor kernels to float
+  rounding: :mod:`.geometry` (``resized_crop``, ``hflip``), :mod:`.color` (``adjust_*``,
+  ``color_jitter``, ``grayscale``, ``solarize``), :mod:`.blur` (``gaussian_blur``);
+- the ``sample_*`` functions in :mod:`.sampling` draw those parameters with torchvision's
+  distributions;
+- :class:`ViewTransform` in :mod:`.recipes` is one view's recipe; corruptions such as
+  :class:`SimCLRViews`, :class:`BYOLViews` and :class:`MultiCropViews` turn recipes into the
+  :class:`~datamodules.batch.Batch` a method trains on.
+
+No op loops over images in Python: ops applied to a random subset (flip, jitter, grayscale,
+blur) index the subset, run once on it, and write it back.
+"""
+
+from datamodules.corruptions.base import CleanView, Corruption, normalize
+from datamodules.corruptions.blur import blur_kernel_sizes, gaussian_blur
+from datamodules.corruptions.color import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    grayscale,
+    rgb_to_grayscale,
+    solarize,
+)
+from datamodules.corruptions.geometry import hflip, resized_crop
+from datamodules.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews, ViewTransform
+from datamodules.corruptions.sampling import (
+    sample_bernoulli,
+    sample_crop_boxes,
+    sample_jitter_factors,
+    sample_permutations,
+    sample_uniform,
+)
+
+__all__ = [
+    "BYOLViews",
+    "CleanView",
+    "Corruption",
+    "MultiCropViews",
+    "SimCLRViews",
+    "ViewTransform",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "blur_kernel_sizes",
+    "color_jitter",
+    "gaussian_blur",
+    "grayscale",
+    "hflip",
+    "normalize",
+    "resized_crop",
+    "rgb_to_grayscale",
+    "sample_bernoulli",
+    "sample_crop_boxes",
+    "sample_jitter_factors",
+    "sample_permutations",
+    "sample_uniform",
+    "solarize",
+]

@@ -1,0 +1,100 @@
+"""Geometry: random resized crop and horizontal flip as batched separable matmuls."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from datamodules.corruptions.base import apply_at_, where
+
+
+def _resample_matrix(
+    start: Tensor,
+    length: Tensor,
+    in_size: int,
+    out_size: int,
+    antialias: bool,
+    dtype: torch.dtype,
+    flip: Tensor | None = None,
+) -> Tensor:
+    """Rows that resize the span ``[start, start + length)`` of one axis to ``out_size``.
+
+    The triangle (bilinear) filter of PyTorch's ``interpolate(..., antialias=True)``: output
+    pixel ``i`` is centered at ``center = scale * (i + 0.5)`` in crop coordinates; when
+    downsampling, the filter is stretched by ``scale`` so every input pixel contributes.
+    Pixels outside the span get zero weight and each row is normalized to sum to one, which
+    also reproduces the edge clamping of plain bilinear resizing.
+
+    Args:
+        start: ``[B]`` first pixel of the span.
+        length: ``[B]`` span length (at least 1).
+        in_size: axis length of the input.
+        out_size: axis length of the output.
+        antialias: stretch the filter when downsampling.
+        dtype: dtype of the result.
+        flip: optional ``[B]`` bool; reverses the output axis of those images.
+
+    Returns:
+        ``[B, out_size, in_size]`` resampling matrices.
+    """
+    device = start.device
+    start = start.to(dtype).view(-1, 1, 1)  # [B, 1, 1]
+    length = length.to(dtype).view(-1, 1, 1)  # [B, 1, 1]
+    scale = length / out_size  # [B, 1, 1]
+    support = scale.clamp_min(1.0) if antialias else torch.ones_like(scale)  # [B, 1, 1]
+    i = torch.arange(out_size, device=device, dtype=dtype).view(1, -1, 1)  # [1, out, 1]
+    if flip is not None:
+        # A flipped output reads the span right to left: i -> out - 1 - i.
+        i = i + flip.to(device=device, dtype=dtype).view(-1, 1, 1) * (out_size - 1 - 2 * i)
+    center = scale * (i + 0.5) / support  # [B, out, 1]
+    offset = torch.arange(in_size, device=device, dtype=dtype).view(1, 1, -1) - start  # [B, 1, in]
+    # 1 inside the span, 0 outside (offsets are whole numbers); float ops beat bool masks on CPU.
+    inside = torch.minimum(offset + 1.0, length - offset).clamp_(0.0, 1.0)  # [B, 1, in]
+    weights = ((offset + 0.5) / support - center).abs_().neg_().add_(1.0)  # [B, out, in]
+    weights = weights.clamp_min_(0.0).mul_(inside)
+    return weights.div_(weights.sum(dim=2, keepdim=True))
+
+
+def resized_crop(
+    images: Tensor,
+    boxes: Tensor,
+    size: int | tuple[int, int],
+    antialias: bool = True,
+    flip: Tensor | None = None,
+) -> Tensor:
+    """Crops one box per image and resizes it bilinearly, like ``F.resized_crop``.
+
+    Equal, up to float rounding, to torchvision's per-image
+    ``F.resized_crop(img, top, left, h, w, size, BILINEAR, antialias)``. Resizing is separable,
+    so each image becomes ``Wy @ img @ Wx^T`` with per-image matrices that hold both the crop
+    and the filter: two batched matmuls, whatever the box sizes.
+
+    Args:
+        images: ``[B, C, H, W]`` float images.
+        boxes: ``[B, 4]`` int ``(top, left, height, width)`` boxes inside the image.
+        size: output ``(height, width)``; an int gives a square output (as
+            ``RandomResizedCrop`` reads it, not ``F.resize``'s shorter side).
+        antialias: low-pass filter when downsampling, as torchvision's default.
+        flip: optional ``[B]`` bool; flips those outputs horizontally at no extra cost by
+            reversing the rows of ``Wx``.
+
+    Returns:
+        ``[B, C, size_h, size_w]`` images.
+    """
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    batch, channels, height, width = images.shape
+    boxes = boxes.to(images.device)
+    dtype = images.dtype
+    wy = _resample_matrix(boxes[:, 0], boxes[:, 2], height, out_h, antialias, dtype)  # [B, oh, H]
+    wx = _resample_matrix(boxes[:, 1], boxes[:, 3], width, out_w, antialias, dtype, flip)
+    # Columns first on the [B, C*H, W] view (no copy), then rows per channel. Both are plain
+    # bmm calls: matmul's broadcasting path over channels is ~10x slower on the CPU.
+    cols = torch.bmm(images.reshape(batch, channels * height, width), wx.transpose(1, 2))
+    cols = cols.view(batch * channels, height, out_w)  # [B*C, H, out_w]
+    wy = wy.unsqueeze(1).expand(-1, channels, -1, -1).reshape(batch * channels, out_h, height)
+    return torch.bmm(wy, cols).view(batch, channels, out_h, out_w)
+
+
+def hflip(images: Tensor, flip: Tensor) -> Tensor:
+    """Flips ``[B, C, H, W]`` images horizontally where the ``[B]`` bool ``flip`` is set."""
+    return apply_at_(images.clone(), where(flip), lambda x: x.flip(-1))
