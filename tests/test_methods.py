@@ -168,3 +168,11 @@ def test_embed_views_runs_one_pass_per_resolution() -> None:
     assert calls == [(8,), (12,)]  # two global views together, three local views together
     expected = torch.cat([model.backbone(v) for v in views])
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_option_compiles_the_backbone_in_place() -> None:
+    model = SimCLR(**TINY, compile=True)
+    keys = set(model.state_dict())
+    model.setup("fit")
+    assert model.backbone._compiled_call_impl is not None  # nn.Module.compile()
+    assert set(model.state_dict()) == keys  # checkpoints keep their plain parameter names
