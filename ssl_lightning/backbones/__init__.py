@@ -13,7 +13,7 @@ Examples:
 """
 
 # The family modules register their factories on import.
-from ssl_lightning.backbones import convnet, external, resnet
+from ssl_lightning.backbones import convnet, external, resnet, vit
 from ssl_lightning.backbones.convnet import ConvNet
 from ssl_lightning.backbones.external import TimmBackbone, TorchvisionBackbone
 from ssl_lightning.backbones.registry import (
@@ -24,6 +24,7 @@ from ssl_lightning.backbones.registry import (
     register_family,
 )
 from ssl_lightning.backbones.resnet import ResNet
+from ssl_lightning.backbones.vit import VisionTransformer
 
 __all__ = [
     "ConvNet",
@@ -31,6 +32,7 @@ __all__ = [
     "TimmBackbone",
     "TorchvisionBackbone",
     "UnknownBackboneError",
+    "VisionTransformer",
     "convnet",
     "create_backbone",
     "external",
@@ -38,4 +40,5 @@ __all__ = [
     "register_backbone",
     "register_family",
     "resnet",
+    "vit",
 ]

@@ -1,0 +1,276 @@
+"""A small Vision Transformer for 32x32 images (patch 4), with encoding of a subset of patches.
+
+Dosovitskiy et al., "An Image is Worth 16x16 Words", https://arxiv.org/abs/2010.11929. Pre-norm
+blocks, a class token, fixed 2D sin-cos positional embeddings (as MAE uses them) and a final
+LayerNorm. :meth:`VisionTransformer.forward_tokens` encodes only the patches named by an index,
+which is what MAE's encoder needs: it never sees the masked patches.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_lightning.backbones.registry import register_backbone
+
+__all__ = [
+    "Block",
+    "VisionTransformer",
+    "patchify",
+    "sincos_pos_embed_2d",
+    "unpatchify",
+    "vit_small",
+    "vit_tiny",
+]
+
+
+def sincos_pos_embed_2d(grid_h: int, grid_w: int, dim: int) -> Tensor:
+    """Fixed 2D sine-cosine positional embeddings ``[grid_h * grid_w, dim]``, row-major.
+
+    Half of the channels encode the row, half the column; each half is ``sin`` and ``cos`` of
+    the position times ``dim / 4`` frequencies ``1 / 10000^(i / (dim / 4))``.
+
+    Args:
+        grid_h: patch rows.
+        grid_w: patch columns.
+        dim: embedding width, divisible by 4.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos positional embeddings need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [D/4]
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    parts = []
+    for pos in (rows.reshape(-1), cols.reshape(-1)):  # [N] each
+        angles = pos[:, None] * freqs[None, :]  # [N, D/4]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()  # [N, D]
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Cuts ``[B, C, H, W]`` images into row-major patches ``[B, N, patch_size**2 * C]``.
+
+    Each patch is flattened as ``(row, column, channel)``.
+    """
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # [B, h, w, p, p, C]
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`patchify`: ``[B, N, patch_size**2 * C] -> [B, C, H, W]``."""
+    b, _, dim = patches.shape
+    p, (h, w) = patch_size, grid
+    c = dim // (p * p)
+    x = patches.reshape(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, C, h, p, w, p]
+    return x.reshape(b, c, h * p, w * p)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (``scaled_dot_product_attention``) over ``[B, N, D]`` tokens."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(
+                f"width {dim} is not divisible by num_heads={num_heads}; set a width and head "
+                "count that divide (model.backbone_kwargs dim/num_heads for the ViT, "
+                "model.decoder_dim/decoder_num_heads for MAE's decoder)"
+            )
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [B, heads, N, D/heads] each
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, D/heads]
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Args:
+        dim: token width ``D``.
+        num_heads: attention heads.
+        mlp_ratio: hidden width of the MLP over ``D``.
+
+    Shapes: ``[B, N, D] -> [B, N, D]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """Xavier-uniform Linear weights, zero biases, unit LayerNorms (ViT/MAE practice)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder: patch embedding, class token, fixed 2D sin-cos positions, pre-norm blocks.
+
+    Built for one image size: ``image_size / patch_size`` patches per side, and inputs of
+    another size raise an error naming the argument to change.
+
+    Args:
+        image_size: side of the square input images.
+        patch_size: side of a square patch; must divide ``image_size``.
+        dim: token width ``D``.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over ``D``.
+        pool: pooled feature of ``forward``: ``"mean"`` of the patch tokens or the ``"cls"``
+            token.
+
+    Attributes:
+        num_features: ``D``.
+        num_patches: ``N = (image_size / patch_size) ** 2``.
+        grid_size: ``(h, w)`` patch grid.
+        num_prefix_tokens: 1, the class token in front of the patch tokens.
+
+    Examples:
+        >>> model = VisionTransformer(dim=64, depth=2, num_heads=2)
+        >>> model.forward_features(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 65, 64])
+        >>> model.forward_tokens(torch.randn(2, 3, 32, 32), torch.tensor([[0, 5], [1, 2]])).shape
+        torch.Size([2, 3, 64])
+    """
+
+    num_prefix_tokens = 1
+    pos_embed: Tensor
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch_size: int = 4,
+        dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        pool: Literal["mean", "cls"] = "mean",
+    ) -> None:
+        super().__init__()
+        if patch_size < 1 or image_size % patch_size:
+            raise ValueError(
+                f"patch_size={patch_size} does not divide image_size={image_size}; set "
+                "model.backbone_kwargs.patch_size to a divisor of the image size"
+            )
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_features: int = dim
+        self.pool = pool
+
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed, not learned: a non-persistent buffer follows the module's device and dtype,
+        # is rebuilt on construction and stays out of checkpoints.
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(*self.grid_size, dim).unsqueeze(0), persistent=False
+        )  # [1, N, D]
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+        init_transformer_weights(self)
+        # The patch embedding is a linear map of a flattened patch: initialize it like one.
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def embed_patches(self, x: Tensor) -> Tensor:
+        """Patch tokens with positions, before any block: ``[B, 3, H, W] -> [B, N, D]``."""
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this ViT was built for {self.image_size}x{self.image_size} images, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; set model.backbone_kwargs.image_size (or resize "
+                "the images with data.image_size)"
+            )
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        return tokens + self.pos_embed
+
+    def forward_tokens(self, x: Tensor, keep_index: Tensor | None = None) -> Tensor:
+        """Encodes the class token and the patches ``keep_index`` selects (all by default).
+
+        Args:
+            x: images ``[B, 3, H, W]``.
+            keep_index: ``[B, K]`` int64 row-major patch indices to encode, per image; the
+                other patches are dropped before the first block.
+
+        Returns:
+            Normalized tokens ``[B, 1 + K, D]``: the class token, then the kept patches in the
+            order of ``keep_index``.
+        """
+        tokens = self.embed_patches(x)  # [B, N, D]
+        if keep_index is not None:
+            index = keep_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])  # [B, K, D]
+            tokens = tokens.gather(1, index)  # [B, K, D]
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # [B, 1, D]
+        tokens = torch.cat([cls, tokens], dim=1)  # [B, 1 + K, D]
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """All tokens: ``[B, 3, H, W] -> [B, 1 + N, D]``, class token first."""
+        return self.forward_tokens(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features ``[B, D]``: mean of the patch tokens, or the class token."""
+        tokens = self.forward_tokens(x)  # [B, 1 + N, D]
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+@register_backbone
+def vit_tiny(
+    image_size: int = 32,
+    patch_size: int = 4,
+    dim: int = 192,
+    depth: int = 12,
+    num_heads: int = 3,
+    pool: Literal["mean", "cls"] = "mean",
+) -> VisionTransformer:
+    """ViT-Tiny (width 192, 12 blocks, 3 heads) for 32x32 images, patch 4: 64 patch tokens."""
+    return VisionTransformer(image_size, patch_size, dim, depth, num_heads, pool=pool)
+
+
+@register_backbone
+def vit_small(
+    image_size: int = 32,
+    patch_size: int = 4,
+    dim: int = 384,
+    depth: int = 12,
+    num_heads: int = 6,
+    pool: Literal["mean", "cls"] = "mean",
+) -> VisionTransformer:
+    """ViT-Small (width 384, 12 blocks, 6 heads) for 32x32 images, patch 4: 64 patch tokens."""
+    return VisionTransformer(image_size, patch_size, dim, depth, num_heads, pool=pool)
