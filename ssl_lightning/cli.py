@@ -9,6 +9,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+import callbacks  # noqa: F401  (registers the callbacks for trainer.callbacks short names)
 import datamodules  # noqa: F401  (registers the datamodules for --data short names)
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
 
