@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from datamodules.base import InMemoryDataModule, Split
 from datamodules.corruptions import Corruption
@@ -16,7 +18,8 @@ from datamodules.corruptions import Corruption
 class CIFAR10DataModule(InMemoryDataModule):
     """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test images, 32x32, 10 classes.
 
-    The test split is the validation set. The whole dataset takes 184 MB as uint8.
+    The test split is the validation set (or, with ``val_fraction``, a stratified hold-out of
+    the training images). The whole dataset takes 184 MB as uint8, held once.
 
     Args:
         data_dir: folder holding (or receiving) ``cifar-10-python.tar.gz`` and its contents.
@@ -25,6 +28,9 @@ class CIFAR10DataModule(InMemoryDataModule):
         corruption: training corruption; ``None`` uses the model's default.
         seed: augmentation seed; ``None`` takes the global seed.
         num_workers: loader worker processes.
+        val_fraction: share of the training images to hold out for validation instead of the
+            test split; 0 validates on the test split.
+        split_seed: seed of the hold-out choice.
 
     Examples:
         >>> dm = CIFAR10DataModule(data_dir="data", batch_size=512)
@@ -42,8 +48,10 @@ class CIFAR10DataModule(InMemoryDataModule):
         corruption: Corruption | None = None,
         seed: int | None = None,
         num_workers: int = 0,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, corruption, seed, num_workers)
+        super().__init__(batch_size, corruption, seed, num_workers, val_fraction, split_seed)
         self.data_dir = Path(data_dir)
         self.download = download
 
@@ -53,35 +61,68 @@ class CIFAR10DataModule(InMemoryDataModule):
 
     def prepare_data(self) -> None:
         cls = self.dataset_cls
-        if not self.download:
-            self._open(train=True)  # fail early, on one process, with the fix in the message
+        if self._verified(cls.train_list + cls.test_list):
             return
+        if not self.download:
+            raise self._not_found()  # fail early, on one process, with the fix in the message
         try:
-            cls(str(self.data_dir), train=True, download=True)
+            # What torchvision's download=True does: fetch (or reuse) the archive, check its
+            # md5, extract it.
+            download_and_extract_archive(
+                cls.url, str(self.data_dir), filename=cls.filename, md5=cls.tgz_md5
+            )
         except (OSError, RuntimeError) as err:
             raise RuntimeError(
                 f"could not download {cls.__name__} into data_dir={str(self.data_dir)!r} "
                 f"({err}). Without network access, fetch {cls.url} on another machine and "
                 f"place {cls.filename} (md5 {cls.tgz_md5}) in {self.data_dir}/, then rerun."
             ) from err
+        if not self._verified(cls.train_list + cls.test_list):
+            raise self._not_found()
 
     def load_split(self, split: Split) -> tuple[Tensor, Tensor] | None:
-        data = self._open(train=split == "train")
-        images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
-        labels = torch.as_tensor(data.targets, dtype=torch.long)  # [N]
-        return images, labels
+        """Reads the verified python batches straight into one ``[N, 3, 32, 32]`` tensor.
 
-    def _open(self, train: bool) -> datasets.CIFAR10:
+        torchvision's dataset stacks all batches into a new array (twice the memory while
+        loading); here each batch is copied into place and released, so loading needs the
+        dataset plus one batch.
+        """
         cls = self.dataset_cls
-        try:
-            return cls(str(self.data_dir), train=train, download=False)
-        except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
-            hint = "" if self.download else "set data.download=true, or "
-            raise FileNotFoundError(
-                f"{cls.__name__} not found (or corrupted) in data_dir={str(self.data_dir)!r}; "
-                f"{hint}place {cls.filename} (md5 {cls.tgz_md5}) in that folder and extract it "
-                f"there (torchvision does both with download=True)"
-            ) from err
+        files = cls.train_list if split == "train" else cls.test_list
+        if not self._verified(files):
+            raise self._not_found()
+        images: Tensor | None = None
+        labels: list[int] = []
+        for i, (name, _) in enumerate(files):
+            with open(self.data_dir / cls.base_folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            batch = torch.from_numpy(entry["data"]).view(-1, 3, 32, 32)  # [n, 3, 32, 32]
+            filled = len(labels)
+            if images is None:
+                # The official batches are of equal size: the first one sizes the tensor.
+                images = torch.empty(len(batch) * len(files), 3, 32, 32, dtype=torch.uint8)
+            if filled + len(batch) > len(images):
+                images.resize_(filled + len(batch) * (len(files) - i), 3, 32, 32)
+            images[filled : filled + len(batch)] = batch
+            labels += entry["labels" if "labels" in entry else "fine_labels"]
+            del entry, batch
+        assert images is not None
+        return images[: len(labels)], torch.as_tensor(labels, dtype=torch.long)
+
+    def _verified(self, files: list[list[str]]) -> bool:
+        cls = self.dataset_cls
+        folder = self.data_dir / cls.base_folder
+        meta = [cls.meta["filename"], cls.meta["md5"]]
+        return all(check_integrity(str(folder / name), md5) for name, md5 in [*files, meta])
+
+    def _not_found(self) -> FileNotFoundError:
+        cls = self.dataset_cls
+        hint = "" if self.download else "set data.download=true, or "
+        return FileNotFoundError(
+            f"{cls.__name__} not found (or corrupted) in data_dir={str(self.data_dir)!r}; "
+            f"{hint}place {cls.filename} (md5 {cls.tgz_md5}) in that folder and extract it "
+            f"there (download=True does both)"
+        )
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
