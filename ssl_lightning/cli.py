@@ -1,21 +1,36 @@
-"""The ``ssl-lightning`` command: LightningCLI over every method and datamodule.
+"""The ``ssl-lightning`` command: LightningCLI over every method and datamodule, plus ``export``.
 
-``--model`` and ``--data`` take a class by short name (``SimCLR``, ``CIFAR10DataModule``) or,
-for a user's own subclass, by import path (``mypackage.MyMethod``).
+``--model`` and ``--data`` take a class by short name (``SimCLR``, ``LinearEvaluation``,
+``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``).
+``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file.
 """
 
 from __future__ import annotations
+
+import sys
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 import callbacks  # noqa: F401  (registers the callbacks for trainer.callbacks short names)
 import datamodules  # noqa: F401  (registers the datamodules for --data short names)
+import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
+from ssl_lightning import export
+
+EPILOG = (
+    "export: `ssl-lightning export CHECKPOINT OUT.pt [--overwrite]` writes the backbone of an "
+    "SSL checkpoint as a weights file for create_backbone(name, weights=OUT.pt) "
+    "(`ssl-lightning export --help` for details)."
+)
 
 
 def main(args: list[str] | None = None) -> None:
     """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "export":
+        export.main(argv[1:])
+        return
     LightningCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -23,6 +38,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_data=True,
         args=args,
         auto_configure_optimizers=False,
+        parser_kwargs={"epilog": EPILOG},
     )
 
 

@@ -1,0 +1,257 @@
+"""Offline linear evaluation: a linear classifier on a frozen (or fine-tuned) backbone."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.batch import Batch
+from datamodules.corruptions import Corruption, SimCLRViews
+from ssl_lightning.backbones import create_backbone
+from ssl_lightning.backbones.registry import read_weights
+from ssl_lightning.export import backbone_from_checkpoint
+from ssl_lightning.optim import warmup_cosine
+
+__all__ = ["LinearEvaluation"]
+
+
+class LinearEvaluation(L.LightningModule):
+    """The linear evaluation protocol: train a linear classifier on frozen backbone features.
+
+    The backbone comes from exactly one of: an SSL checkpoint (``backbone_checkpoint``, the
+    ``.ckpt`` of any :class:`SSLMethod`, rebuilt from its ``backbone``/``backbone_kwargs``
+    hyper-parameters), an exported weights file (``backbone_weights``, see
+    ``ssl-lightning export``), or a registered name (``backbone``) for a randomly initialized
+    baseline. The frozen backbone stays in eval mode (BatchNorm keeps its pretraining
+    statistics) whatever Lightning calls ``train()`` on, and gets no gradient.
+
+    The head is ``BatchNorm1d(affine=False) -> Linear`` when ``batch_norm`` (as MAE's linear
+    probe, He et al. 2021, arXiv:2111.06377: at test time the normalization is a fixed affine
+    map, so the classifier is still linear, and one learning rate suits every backbone's
+    feature scale), else a plain ``Linear``. Defaults follow the common recipe: SGD with
+    momentum 0.9, lr 0.1 per 256 images, cosine decay per step, no weight decay, random
+    resized crop and flip (:meth:`default_corruption`).
+
+    Args:
+        backbone_checkpoint: path of an SSL method's Lightning checkpoint.
+        backbone_weights: path of a weights file written by ``ssl-lightning export``.
+        backbone: registered backbone name for a randomly initialized baseline.
+        backbone_kwargs: keyword arguments for ``backbone``.
+        num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
+        fine_tune: train the backbone too (with ``lr * backbone_lr_factor``), BatchNorm in
+            train mode.
+        backbone_lr_factor: learning-rate factor of the backbone when ``fine_tune``.
+        batch_norm: put a non-affine BatchNorm on the features before the linear layer.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``.
+        lr: base learning rate (per 256 images when ``scale_lr``).
+        momentum: SGD momentum.
+        weight_decay: weight decay (0 in the standard protocol).
+        scale_lr: multiply ``lr`` by global batch size / 256.
+
+    Examples:
+        >>> model = LinearEvaluation(backbone_checkpoint="simclr.ckpt")  # doctest: +SKIP
+        >>> baseline = LinearEvaluation(backbone="resnet18", backbone_kwargs={"width": 16})
+    """
+
+    def __init__(
+        self,
+        backbone_checkpoint: str | None = None,
+        backbone_weights: str | None = None,
+        backbone: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        fine_tune: bool = False,
+        backbone_lr_factor: float = 0.1,
+        batch_norm: bool = True,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        scale_lr: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        sources = {
+            "backbone_checkpoint": backbone_checkpoint,
+            "backbone_weights": backbone_weights,
+            "backbone": backbone,
+        }
+        given = [k for k, v in sources.items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"LinearEvaluation needs exactly one backbone source, got {given or 'none'}: set "
+                "model.backbone_checkpoint (an SSL .ckpt), model.backbone_weights (an exported "
+                ".pt) or model.backbone (a registered name, random init)"
+            )
+        if backbone_kwargs and backbone is None:
+            raise ValueError(
+                "backbone_kwargs only apply with model.backbone; a checkpoint or weights file "
+                "records its own"
+            )
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr} (set model.lr)")
+        model: nn.Module
+        if backbone_checkpoint is not None:
+            model = backbone_from_checkpoint(backbone_checkpoint)
+        elif backbone_weights is not None:
+            model = create_backbone(
+                read_weights(backbone_weights)["name"], weights=backbone_weights
+            )
+        else:
+            assert backbone is not None
+            model = create_backbone(backbone, **(backbone_kwargs or {}))
+        num_features = getattr(model, "num_features", None)
+        if not isinstance(num_features, int):
+            raise TypeError(f"backbone {type(model).__name__} has no integer `num_features`")
+        self.backbone = model
+        self.num_features = num_features
+        self.fine_tune = fine_tune
+        self.backbone_lr_factor = backbone_lr_factor
+        self.batch_norm = batch_norm
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.scale_lr = scale_lr
+        self.backbone.requires_grad_(fine_tune)
+        if not fine_tune:
+            # Lightning keeps each submodule's mode as it finds it, so freeze it here too.
+            self.backbone.eval()
+        self.num_classes: int | None = None
+        self.head: nn.Module | None = None
+        if num_classes is not None:
+            self._build_head(num_classes)
+
+    def default_corruption(self) -> Corruption:
+        """Light augmentation for the classifier: random resized crop and flip, no color ops."""
+        return SimCLRViews(num_views=1, jitter_p=0.0, grayscale_p=0.0)
+
+    def setup(self, stage: str) -> None:
+        if self.head is None:
+            num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+            if not isinstance(num_classes, int) or num_classes < 1:
+                raise ValueError(
+                    f"LinearEvaluation needs labels, but the datamodule reports num_classes="
+                    f"{num_classes!r}; set model.num_classes or use a labeled datamodule"
+                )
+            self._build_head(num_classes)
+            # Saved with the checkpoint, so load_from_checkpoint builds the head up front.
+            self.hparams["num_classes"] = num_classes
+
+    def _build_head(self, num_classes: int) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes} (set model.num_classes)")
+        self.num_classes = num_classes
+        linear = nn.Linear(self.num_features, num_classes)
+        nn.init.zeros_(linear.bias)
+        nn.init.normal_(linear.weight, std=0.01)
+        norm = nn.BatchNorm1d(self.num_features, affine=False) if self.batch_norm else None
+        self.head = linear if norm is None else nn.Sequential(norm, linear)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        self.val_acc_top1 = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        self.val_acc_top5 = (
+            MulticlassAccuracy(num_classes, top_k=5, average="micro", ignore_index=-1)
+            if num_classes > 5
+            else None
+        )
+
+    def train(self, mode: bool = True) -> LinearEvaluation:
+        super().train(mode)
+        if not self.fine_tune:
+            self.backbone.eval()  # frozen: BatchNorm keeps its pretraining statistics
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits: ``[B, 3, H, W] -> [B, num_classes]``."""
+        if self.head is None:
+            raise RuntimeError("the head is built in setup(); pass model.num_classes to build it")
+        if self.fine_tune:
+            features = self.backbone(x)  # [B, D]
+        else:
+            with torch.no_grad():
+                features = self.backbone(x)  # [B, D]
+        return self.head(features)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        labels = self._check_labels(batch.labels)
+        logits = self(batch.views[0])  # [B, C]
+        loss = _mean_cross_entropy(logits, labels)
+        self.train_acc(logits, labels)
+        batch_size = labels.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        labels = self._check_labels(batch.labels)
+        logits = self(batch.views[0])  # [B, C]
+        batch_size = labels.shape[0]
+        self.log("val/loss", _mean_cross_entropy(logits, labels), batch_size=batch_size)
+        self.val_acc_top1(logits, labels)
+        self.log("val/acc_top1", self.val_acc_top1, prog_bar=True, batch_size=batch_size)
+        if self.val_acc_top5 is not None:
+            self.val_acc_top5(logits, labels)
+            self.log("val/acc_top5", self.val_acc_top5, batch_size=batch_size)
+
+    def configure_optimizers(self) -> Any:
+        assert self.head is not None
+        lr = self.lr * self._global_batch_size() / 256 if self.scale_lr else self.lr
+        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": lr}]
+        if self.fine_tune:
+            backbone_params = list(self.backbone.parameters())
+            groups.append({"params": backbone_params, "lr": lr * self.backbone_lr_factor})
+        optimizer: torch.optim.Optimizer
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError(
+                "the cosine schedule needs a finite run: set trainer.max_epochs or "
+                "trainer.max_steps"
+            )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, 0, int(total))
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _check_labels(self, labels: Tensor) -> Tensor:
+        """Labels ``[B]``: ``-1`` (unlabeled) is ignored; out-of-range labels are an error."""
+        assert self.num_classes is not None
+        if labels.numel():
+            low, high = torch.aminmax(labels)
+            if int(high) >= self.num_classes or int(low) < -1:
+                raise ValueError(
+                    f"label {int(high) if int(high) >= self.num_classes else int(low)} is "
+                    f"outside [0, num_classes={self.num_classes}) (-1 = unlabeled); set "
+                    f"model.num_classes to at least {int(high) + 1}"
+                )
+        return labels
+
+    def _global_batch_size(self) -> int:
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if not isinstance(batch_size, int):
+            raise ValueError(
+                "scale_lr=True needs the datamodule's integer `batch_size`; use a datamodule "
+                "with one or set model.scale_lr=false"
+            )
+        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+
+def _mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over the labeled samples; 0 (not NaN) when there are none."""
+    total = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+    return total / (labels >= 0).sum().clamp_min(1)

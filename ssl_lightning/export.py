@@ -1,0 +1,171 @@
+"""Backbones out of SSL checkpoints: read one, rebuild it, export it as a plain weights file.
+
+An exported file is ``{"name": str, "kwargs": dict, "state_dict": dict[str, Tensor]}`` saved
+with ``torch.save``: only plain types, so ``torch.load(path, weights_only=True)`` reads it, and
+``create_backbone(name, weights=path)`` rebuilds the backbone from it.
+
+Examples:
+    >>> export_backbone("version_0/checkpoints/last.ckpt", "simclr.pt")  # doctest: +SKIP
+    >>> create_backbone("resnet18", weights="simclr.pt")  # doctest: +SKIP
+
+From the command line: ``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ssl_lightning.backbones import create_backbone
+
+__all__ = ["BackboneCheckpoint", "backbone_from_checkpoint", "export_backbone", "main"]
+
+
+@dataclass
+class BackboneCheckpoint:
+    """The backbone part of an SSL checkpoint.
+
+    Attributes:
+        name: the registered backbone name (the method's ``backbone`` hyper-parameter).
+        kwargs: its ``backbone_kwargs``.
+        state_dict: the ``backbone.*`` weights, without the ``backbone.`` prefix.
+    """
+
+    name: str
+    kwargs: dict[str, Any]
+    state_dict: dict[str, Tensor]
+
+    @classmethod
+    def read(cls, path: str | Path) -> BackboneCheckpoint:
+        """Reads the backbone of a Lightning checkpoint of any :class:`SSLMethod`.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: if it is not a Lightning checkpoint, or not one of an SSL method built
+                from a registered backbone name.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {str(path)!r} does not exist; pass the .ckpt an SSL pretraining run "
+                "wrote (lightning_logs/version_N/checkpoints/*.ckpt)"
+            )
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a pickle error, a truncated zip, a file of another kind
+            raise ValueError(
+                f"cannot read {str(path)!r} as a Lightning checkpoint ({type(err).__name__}: "
+                f"{err}); pass the .ckpt an SSL pretraining run wrote"
+            ) from err
+        if isinstance(ckpt, dict) and set(ckpt) == {"name", "kwargs", "state_dict"}:
+            raise ValueError(
+                f"{str(path)!r} is an exported weights file, not a Lightning checkpoint; load it "
+                "with create_backbone(name, weights=...) or LinearEvaluation(backbone_weights=...)"
+            )
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(
+                f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'); pass the .ckpt "
+                "an SSL pretraining run wrote"
+            )
+        hparams = ckpt.get("hyper_parameters") or {}
+        name = hparams.get("backbone")
+        if not isinstance(name, str):
+            raise ValueError(
+                f"{str(path)!r} is not a checkpoint of an SSL method with a registered "
+                f"backbone: its hyper-parameters have no backbone name (found "
+                f"{sorted(hparams)}). Use the checkpoint of an SSLMethod subclass built with "
+                "`backbone=<registered name>`, or export the backbone yourself with "
+                "create_backbone(...).state_dict()"
+            )
+        prefix = "backbone."
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            raise ValueError(
+                f"{str(path)!r} has a backbone name ({name!r}) but no 'backbone.*' weights in "
+                "its state_dict; it was not written by an SSLMethod"
+            )
+        kwargs = dict(hparams.get("backbone_kwargs") or {})
+        return cls(name=name, kwargs=kwargs, state_dict=state)
+
+    def build(self) -> nn.Module:
+        """The backbone with these weights (loaded strictly)."""
+        model = create_backbone(self.name, **self.kwargs)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model
+
+
+def backbone_from_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuilds the backbone of an SSL checkpoint from its hyper-parameters and weights."""
+    return BackboneCheckpoint.read(path).build()
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Writes the backbone of an SSL checkpoint as a plain weights file.
+
+    The file appears complete or not at all: it is written to a temporary file in the same
+    folder, then renamed.
+
+    Args:
+        checkpoint: a Lightning ``.ckpt`` of any :class:`SSLMethod`.
+        out: the weights file to write (conventionally ``.pt``).
+        overwrite: replace ``out`` if it exists.
+
+    Returns:
+        ``out`` as a path.
+
+    Raises:
+        FileExistsError: if ``out`` exists and ``overwrite`` is false.
+        FileNotFoundError, ValueError: see :meth:`BackboneCheckpoint.read`.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"{str(out)!r} already exists; pass --overwrite (overwrite=True) to replace it, or "
+            "choose another path"
+        )
+    source = BackboneCheckpoint.read(checkpoint)
+    source.build()  # fail here, not at load time, if the weights do not fit the backbone
+    exported = {
+        "name": source.name,
+        "kwargs": source.kwargs,
+        # Own storage per tensor: a view would save the whole storage it points into.
+        "state_dict": {k: v.detach().clone() for k, v in source.state_dict.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.save(exported, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    """``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``."""
+    parser = argparse.ArgumentParser(
+        prog="ssl-lightning export",
+        description=(
+            "Write the backbone of an SSL checkpoint as a weights file: {name, kwargs, "
+            "state_dict}, readable with torch.load(weights_only=True) and loaded by "
+            "create_backbone(name, weights=OUT) or LinearEvaluation(backbone_weights=OUT)."
+        ),
+    )
+    parser.add_argument("checkpoint", type=Path, help="Lightning .ckpt of an SSL method")
+    parser.add_argument("out", type=Path, help="weights file to write, e.g. backbone.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    ns = parser.parse_args(args)
+    try:
+        out = export_backbone(ns.checkpoint, ns.out, overwrite=ns.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        parser.exit(2, f"ssl-lightning export: error: {err}\n")
+    print(f"wrote {out}")
