@@ -164,8 +164,10 @@ class MAEDecoder(nn.Module):
         prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
         batch, _, dim = visible.shape
         index = keep_index.unsqueeze(-1).expand(-1, -1, dim)  # [B, K, D]
-        # Mask tokens everywhere, then each visible token back at its own patch position.
-        tokens = self.mask_token.expand(batch, self.num_patches, dim).scatter(1, index, visible)
+        # Mask tokens everywhere, then each visible token back at its own patch position (in the
+        # visible tokens' dtype, which autocast may have lowered).
+        mask_tokens = self.mask_token.to(visible.dtype).expand(batch, self.num_patches, dim)
+        tokens = mask_tokens.scatter(1, index, visible)  # [B, N, D]
         x = torch.cat([prefix, tokens + self.pos_embed], dim=1)  # [B, prefix + N, D]
         for block in self.blocks:
             x = block(x)

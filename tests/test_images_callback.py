@@ -102,9 +102,10 @@ def test_masked_reconstruction_png_in_the_csv_log_dir(tmp_path: Path) -> None:
 
 def test_every_n_epochs_and_a_final_drawing_at_max_steps(tmp_path: Path) -> None:
     callback = PreviewImages(every_n_epochs=2, num_images=2)
-    _fit(tmp_path, MaskedReconstruction(**CONV), callback, max_steps=10, logger=False)
-    # 7 batches per epoch: epoch 0 (step 7) is skipped, training stops in epoch 1 at step 10.
-    assert [p.name for p in callback.saved] == ["preview-epoch=1-step=10.png"]
+    model = MaskedReconstruction(**CONV)
+    _fit(tmp_path, model, callback, max_steps=5, limit_train_batches=3, logger=False)
+    # Epoch 0 (step 3) is skipped; training stops in epoch 1 at step 5 and draws then.
+    assert [p.name for p in callback.saved] == ["preview-epoch=1-step=5.png"]
     assert callback.saved[0].parent == tmp_path / "images"
 
 

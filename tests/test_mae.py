@@ -199,6 +199,16 @@ def test_features_come_from_the_clean_images_and_preview_pastes_visible_patches(
     torch.testing.assert_close(rows["reconstruction"][visible], batch.clean[visible])
 
 
+def test_bf16_autocast_trains() -> None:
+    torch.manual_seed(0)
+    model = MAE(**TINY)
+    batch = _masked_batch(torch.rand(2, 3, 32, 32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.pretext_step(batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.decoder.mask_token.grad is not None
+
+
 def test_default_corruption_uses_the_vits_patch_size() -> None:
     model = MAE(**{**TINY, "backbone_kwargs": {**TINY_VIT, "patch_size": 8}}, mask_ratio=0.5)
     corruption = model.default_corruption()

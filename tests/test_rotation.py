@@ -11,6 +11,7 @@ from datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rota
 from datamodules.corruptions import normalize
 from datamodules.rotation import rotate
 from ssl_lightning import RotationPrediction
+from ssl_lightning.cli import main
 
 SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}
@@ -139,3 +140,30 @@ def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
         dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path, corruption=corruption)
         with pytest.raises(ValueError, match="RotationPrediction needs one rotation index"):
             _trainer(tmp_path, max_steps=1).fit(RotationPrediction(**TINY), dm)
+
+
+def test_cli_short_name_run(tmp_path: Path) -> None:
+    main(
+        [
+            "fit",
+            "--model=RotationPrediction",
+            "--data=ImageFolderDataModule",
+            f"--data.data_dir={SAMPLE}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--data.batch_size=16",
+            "--model.backbone=convnet",
+            "--model.backbone_kwargs={width: 8}",
+            "--model.head=mlp",
+            "--model.mode=random",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.max_steps=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
+    config = next(tmp_path.rglob("config.yaml")).read_text()
+    assert "class_path: ssl_lightning.RotationPrediction" in config and "mode: random" in config
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "train/rotation_acc" in metrics
