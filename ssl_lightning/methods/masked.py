@@ -177,7 +177,8 @@ class MaskedReconstruction(SSLMethod):
         was_training = self.backbone.training
         self.backbone.eval()  # leaves BatchNorm statistics untouched
         with torch.no_grad():
-            fmap = self._feature_map(torch.zeros(1, 3, image_size, image_size))
+            device = next(self.backbone.parameters(), torch.empty(0)).device
+            fmap = self._feature_map(torch.zeros(1, 3, image_size, image_size, device=device))
         self.backbone.train(was_training)
         name = type(self.backbone).__name__
         if fmap.ndim != 4:
