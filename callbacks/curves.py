@@ -28,13 +28,14 @@ class TrainingCurves(L.Callback):
 
     Args:
         filename: name of the PNG inside the log directory.
-        metrics: logged metric names to draw as accuracies (those never logged are left out).
+        metrics: logged metric names to draw as accuracies, each as it stands at the end of
+            the epoch (metrics never logged are left out).
     """
 
     def __init__(
         self,
         filename: str = "training_curves.png",
-        metrics: tuple[str, ...] = ("probe/val_acc_top1", "knn/val_acc", "probe/train_acc"),
+        metrics: tuple[str, ...] = ("probe/val_acc_top1", "probe/val_acc_top5", "knn/val_acc"),
     ) -> None:
         self.filename = filename
         self.metrics = tuple(metrics)

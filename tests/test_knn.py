@@ -14,8 +14,7 @@ from torch import Tensor
 from callbacks import KNNMonitor
 from callbacks.knn import gather_variable, knn_predict
 from datamodules import ImageFolderDataModule
-from tests.distributed_utils import run_distributed
-from tests.test_linear_probe import CountingMethod, Recorder, _trainer
+from tests.test_linear_probe import CountingMethod, Recorder, _trainer, two_process_results
 
 SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 
@@ -85,6 +84,11 @@ def test_unlabeled_training_features_stay_out_of_the_bank() -> None:
         knn.add_train(torch.randn(2, 5), torch.tensor([1, 9]))
 
 
+def _knn_data() -> tuple[Tensor, Tensor, Tensor]:
+    queries, bank, labels = _data()
+    return bank, labels, queries
+
+
 def _knn_on_rank(rank: int, world_size: int, bank: Tensor, labels: Tensor, queries: Tensor):
     """Rank r holds an uneven share of the bank and every other query."""
     knn = KNNMonitor(k=7, temperature=0.1, num_classes=4, chunk_size=5)
@@ -98,11 +102,12 @@ def _knn_on_rank(rank: int, world_size: int, bank: Tensor, labels: Tensor, queri
 
 
 def test_ddp_accuracy_equals_one_process_with_the_whole_bank() -> None:
-    queries, bank, labels = _data()
+    bank, labels, queries = _knn_data()
     predicted = brute_force_knn(queries, bank, labels, 4, 7, 0.1)
     expected = sum(p == i % 4 for i, p in enumerate(predicted)) / len(predicted)
     single, _ = _knn_on_rank(0, 1, bank, labels, queries)
     assert single == pytest.approx(expected)
-    for accuracy, gathered in run_distributed(_knn_on_rank, 2, bank, labels, queries):
+    for result in two_process_results():  # the spawn is shared with the probe's DDP test
+        accuracy, gathered = result["knn"]
         assert accuracy == pytest.approx(expected)
         assert gathered.tolist() == [0, 1, 10, 11, 12]  # uneven sizes, rank order

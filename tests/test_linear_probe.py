@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ def _probe_on_rank(rank: int, world_size: int, batches: list[tuple[Tensor, Tenso
     return {"head": probe.head.state_dict(), "val": probe.compute_val()}
 
 
-def test_ddp_heads_agree_and_equal_one_process_on_the_whole_batch() -> None:
+def _probe_batches() -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(4):
@@ -200,12 +201,30 @@ def test_ddp_heads_agree_and_equal_one_process_on_the_whole_batch() -> None:
         labels[5:] = -1  # rank 1 holds fewer labeled samples: the mean must be global
         batches.append((torch.randn(8, 6, generator=g), labels))
     batches.append((torch.randn(8, 6, generator=g), torch.full((8,), -1)))
-    single = _probe_on_rank(0, 1, batches)
-    ranks = run_distributed(_probe_on_rank, 2, batches)
-    for result in ranks:
+    return batches
+
+
+def _ddp_worker(rank: int, world_size: int) -> dict[str, Any]:
+    from tests.test_knn import _knn_data, _knn_on_rank
+
+    return {
+        "probe": _probe_on_rank(rank, world_size, _probe_batches()),
+        "knn": _knn_on_rank(rank, world_size, *_knn_data()),
+    }
+
+
+@functools.cache
+def two_process_results() -> list[dict[str, Any]]:
+    """The probe's and the kNN monitor's 2-process checks, in one spawn (it costs seconds)."""
+    return run_distributed(_ddp_worker, 2)
+
+
+def test_ddp_heads_agree_and_equal_one_process_on_the_whole_batch() -> None:
+    single = _probe_on_rank(0, 1, _probe_batches())
+    for result in two_process_results():
         for key, value in single["head"].items():
-            torch.testing.assert_close(result["head"][key], value, rtol=1e-5, atol=1e-6)
-        assert result["val"] == pytest.approx(single["val"])
+            torch.testing.assert_close(result["probe"]["head"][key], value, rtol=1e-5, atol=1e-6)
+        assert result["probe"]["val"] == pytest.approx(single["val"])
     assert single["head"]["weight"].abs().sum() > 0
 
 
