@@ -1,10 +1,13 @@
-"""Throughput of SimCLR augmentation: our batched ops vs torchvision's per-image PIL pipeline.
+"""Throughput of SSL augmentation: our batched ops vs kornia vs torchvision's PIL pipeline.
 
-Both pipelines start from the same decoded in-memory images (PIL images for torchvision, one
-``[N, 3, 32, 32]`` uint8 tensor for the batched ops, as the datamodule keeps them) and run side
-by side in one process with the same torch thread count, so the ratio is meaningful even on a
-busy machine. Our timing includes the uint8 -> float conversion and two views per image.
-kornia's batched pipeline is timed too when kornia is installed.
+Two recipes, each built three ways with the same parameters: SimCLR (crop, flip, color
+jitter, grayscale) and BYOL (the same plus a Gaussian blur with p 1.0 / 0.1 and solarization
+with p 0.0 / 0.2 for the two views; kernel 13, the widest our sigma rule picks at sigma 2).
+All pipelines start from the same decoded in-memory images (PIL images for torchvision, one
+``[N, 3, 32, 32]`` uint8 tensor for the batched ones, as the datamodule keeps them) and run
+side by side in one process with the same torch thread count, so the ratios are meaningful
+even on a busy machine. Batched timings include the uint8 -> float conversion; every pipeline
+makes two views per image. kornia (``pip install -e ".[bench]"``) is skipped when missing.
 
 Usage (from the repository root)::
 
@@ -27,9 +30,12 @@ from torch import Tensor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from datamodules.corruptions import SimCLRViews  # noqa: E402
+from datamodules.corruptions import BYOLViews, Corruption, SimCLRViews  # noqa: E402
 
 SIZE = 32
+BLUR_KERNEL = 13
+BLUR_P = (1.0, 0.1)
+SOLARIZE_P = (0.0, 0.2)
 
 
 def load_images(data: Path, n: int, seed: int) -> list[Image.Image]:
@@ -66,9 +72,8 @@ def time_it(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def ours(data: Tensor, batch_size: int, seed: int) -> Callable[[], object]:
-    """Our batched SimCLRViews over uint8 batches, as the datamodule runs it after transfer."""
-    corruption = SimCLRViews(num_views=2)
+def ours(corruption: Corruption, data: Tensor, batch_size: int, seed: int) -> Callable[[], object]:
+    """One of our batched corruptions over uint8 batches, as the datamodule runs it."""
     generator = torch.Generator().manual_seed(seed)
 
     def run() -> None:
@@ -79,46 +84,62 @@ def ours(data: Tensor, batch_size: int, seed: int) -> Callable[[], object]:
     return run
 
 
-def pil(images: list[Image.Image]) -> Callable[[], object]:
-    """The usual torchvision SimCLR pipeline, per PIL image, twice per image."""
+def pil(images: list[Image.Image], byol: bool) -> Callable[[], object]:
+    """The usual torchvision pipeline, per PIL image, one transform per view."""
     import torchvision.transforms as T
 
-    transform = T.Compose(
-        [
+    def view(blur_p: float, solarize_p: float) -> Callable[[Image.Image], Tensor]:
+        ops = [
             T.RandomResizedCrop(SIZE, scale=(0.08, 1.0)),
             T.RandomHorizontalFlip(),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
-            T.ToTensor(),
         ]
-    )
+        if byol:
+            ops += [
+                T.RandomApply([T.GaussianBlur(BLUR_KERNEL, sigma=(0.1, 2.0))], p=blur_p),
+                T.RandomSolarize(128, p=solarize_p),
+            ]
+        return T.Compose([*ops, T.ToTensor()])
+
+    views = [view(BLUR_P[i], SOLARIZE_P[i]) for i in range(2)]
 
     def run() -> None:
         for im in images:
-            transform(im)
-            transform(im)
+            views[0](im)
+            views[1](im)
 
     return run
 
 
-def kornia_pipeline(data: Tensor, batch_size: int) -> Callable[[], object] | None:
+def kornia_pipeline(data: Tensor, batch_size: int, byol: bool) -> Callable[[], object] | None:
     """kornia's batched equivalent, or ``None`` when kornia is not installed."""
     try:
         import kornia.augmentation as K
     except ImportError:
         return None
-    transform = torch.nn.Sequential(
-        K.RandomResizedCrop((SIZE, SIZE), scale=(0.08, 1.0)),
-        K.RandomHorizontalFlip(),
-        K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8),
-        K.RandomGrayscale(p=0.2),
-    )
+
+    def view(blur_p: float, solarize_p: float) -> torch.nn.Module:
+        ops = [
+            K.RandomResizedCrop((SIZE, SIZE), scale=(0.08, 1.0)),
+            K.RandomHorizontalFlip(),
+            K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8),
+            K.RandomGrayscale(p=0.2),
+        ]
+        if byol:
+            ops += [
+                K.RandomGaussianBlur((BLUR_KERNEL, BLUR_KERNEL), (0.1, 2.0), p=blur_p),
+                K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p),  # at 0.5
+            ]
+        return torch.nn.Sequential(*ops)
+
+    views = [view(BLUR_P[i], SOLARIZE_P[i]) for i in range(2)]
 
     def run() -> None:
         for start in range(0, len(data), batch_size):
             images = data[start : start + batch_size].float().div_(255.0)
-            transform(images)
-            transform(images)
+            views[0](images)
+            views[1](images)
 
     return run
 
@@ -144,34 +165,43 @@ def main() -> None:
     images = load_images(data_dir, args.images, args.seed)
     data = to_uint8_tensor(images)  # [N, 3, 32, 32]
 
-    pipelines: dict[str, Callable[[], object]] = {
-        "torchvision PIL, per image": pil(images),
-        f"ours SimCLRViews, batch {args.batch_size}": ours(data, args.batch_size, args.seed),
+    recipes = {
+        "SimCLR": SimCLRViews(num_views=2),
+        "BYOL": BYOLViews(blur_p=BLUR_P, solarize_p=SOLARIZE_P, blur_kernel_size=BLUR_KERNEL),
     }
-    kornia_run = kornia_pipeline(data, args.batch_size)
-    if kornia_run is None:
-        print("kornia is not installed: skipping its pipeline")
-    else:
-        pipelines[f"kornia, batch {args.batch_size}"] = kornia_run
-
-    results = {}
-    for name, run in pipelines.items():
-        run()  # warm-up: allocator, lazy imports, first-call dispatch
-        results[name] = len(images) / time_it(run, args.repeats)
-
-    baseline = results["torchvision PIL, per image"]
     print(
         f"\n{len(images)} images x 2 views, {SIZE}x{SIZE}, torch threads={args.threads}, "
         f"torch {torch.__version__}"
     )
-    header = f"{'pipeline':<34} {'images/s':>10} {'images/s/core':>14} {'per core vs PIL':>16}"
-    print(header)
-    print("-" * len(header))
-    for name, rate in results.items():
-        # PIL runs in one thread whatever torch's setting; per core, it counts as one core.
-        cores = 1 if name.startswith("torchvision PIL") else args.threads
-        per_core = rate / cores
-        print(f"{name:<34} {rate:>10.0f} {per_core:>14.0f} {per_core / baseline:>15.1f}x")
+    header = f"{'pipeline':<40} {'images/s':>10} {'images/s/core':>14} {'per core vs PIL':>16}"
+    for recipe, corruption in recipes.items():
+        byol = recipe == "BYOL"
+        pipelines: dict[str, Callable[[], object]] = {
+            "torchvision PIL, per image": pil(images, byol),
+            f"ours {type(corruption).__name__}, batch {args.batch_size}": ours(
+                corruption, data, args.batch_size, args.seed
+            ),
+        }
+        kornia_run = kornia_pipeline(data, args.batch_size, byol)
+        if kornia_run is None:
+            print("kornia is not installed: skipping its pipeline (pip install -e '.[bench]')")
+        else:
+            pipelines[f"kornia, batch {args.batch_size}"] = kornia_run
+
+        results = {}
+        for name, run in pipelines.items():
+            run()  # warm-up: allocator, lazy imports, first-call dispatch
+            results[name] = len(images) / time_it(run, args.repeats)
+
+        baseline = results["torchvision PIL, per image"]
+        print(f"\n{recipe}")
+        print(header)
+        print("-" * len(header))
+        for name, rate in results.items():
+            # PIL runs in one thread whatever torch's setting; per core, it counts as one core.
+            cores = 1 if name.startswith("torchvision PIL") else args.threads
+            per_core = rate / cores
+            print(f"{name:<40} {rate:>10.0f} {per_core:>14.0f} {per_core / baseline:>15.1f}x")
 
 
 if __name__ == "__main__":

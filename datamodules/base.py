@@ -63,8 +63,10 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         if self.rows is not None:
-            index = self.rows[index]
-        return self.source_images[index], self.source_labels[index]  # [B, 3, H, W] uint8, [B]
+            index = self.rows.index_select(0, index)
+        # index_select gathers whole rows several times faster than advanced indexing.
+        images = self.source_images.index_select(0, index)  # [B, 3, H, W] uint8
+        return images, self.source_labels.index_select(0, index)  # [B]
 
 
 def keep_batch(batch: Any) -> Any:

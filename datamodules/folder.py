@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,27 +49,47 @@ def default_memory_budget_gb() -> float:
     return total / 2 / 1e9
 
 
+def _images_in(folder: Path) -> list[str]:
+    """Image files under ``folder`` (recursively, following links), in path-component order.
+
+    Plain strings from ``os.walk``: for tens of thousands of files, ``Path.rglob`` and
+    ``Path`` objects take seconds, which a cached run would otherwise spend before its first
+    batch.
+    """
+    root = str(folder)
+    found: list[str] = []
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+        found += [
+            os.path.join(dirpath, name)
+            for name in filenames
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    found.sort(key=lambda path: path.split(os.sep))  # the order of sorted(Path, ...)
+    return found
+
+
+def list_images(split_dir: Path) -> tuple[list[str], list[str], list[int]]:
+    """Like :func:`find_images`, with the files as strings."""
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        unlabeled = _images_in(split_dir)
+        return unlabeled, [], [-1] * len(unlabeled)
+    files: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = _images_in(split_dir / name)
+        files += found
+        labels += [label] * len(found)
+    return files, classes, labels
+
+
 def find_images(split_dir: Path) -> tuple[list[Path], list[str], list[int]]:
     """Lists ``split_dir/<class>/**/<image>``: sorted files, sorted class names, label per file.
 
     A folder with images directly inside and no class sub-folders is unlabeled (label -1).
     """
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(
-            p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        files = images_in(split_dir)
-        return files, [], [-1] * len(files)
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = images_in(split_dir / name)
-        files += found
-        labels += [label] * len(found)
-    return files, classes, labels
+    files, classes, labels = list_images(split_dir)
+    return [Path(f) for f in files], classes, labels
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -79,7 +100,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+def decode_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
     """Decodes one image to RGB ``[H, W, 3]`` uint8.
 
     Any mode (grayscale, RGBA, palette, CMYK, 16-bit) is converted to RGB. With ``size``
@@ -109,7 +130,7 @@ def decode_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
 
 
 def decode_images(
-    files: list[Path],
+    files: Sequence[str | Path],
     out: Tensor,
     resize: bool,
     workers: int,
@@ -279,7 +300,7 @@ class ImageFolderDataModule(InMemoryDataModule):
                 f"no train/ folder in data_dir={str(self.data_dir)!r}; expected "
                 f"{self.data_dir}/train/<class>/<image> (and optionally test/ or val/)"
             )
-        files, classes, labels = find_images(folder)
+        files, classes, labels = list_images(folder)
         if not files:
             raise ValueError(
                 f"no images found under {folder} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
@@ -308,7 +329,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         else:
             images, bad = loaded
         if bad:
-            self._report_bad_files(folder, [files[i] for i in bad])
+            self._report_bad_files(folder, [Path(files[i]) for i in bad])
             dropped = set(bad)
             labels = [label for i, label in enumerate(labels) if i not in dropped]
         if in_memory:
@@ -325,7 +346,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         budget = self.memory_budget_gb
         return (default_memory_budget_gb() if budget is None else budget) * 1e9
 
-    def _target_size(self, files: list[Path]) -> tuple[int, int]:
+    def _target_size(self, files: list[str]) -> tuple[int, int]:
         if self.image_size is not None:
             return (self.image_size, self.image_size)
         for path in files:
@@ -340,7 +361,7 @@ class ImageFolderDataModule(InMemoryDataModule):
     def _decode(
         self,
         folder: Path,
-        files: list[Path],
+        files: list[str],
         size: tuple[int, int],
         in_memory: bool,
         cache: Path | None,
@@ -378,7 +399,7 @@ class ImageFolderDataModule(InMemoryDataModule):
             raise
         images = _drop_rows_(images, bad) if bad else images
         if cache is not None:
-            skipped = [str(files[i].relative_to(folder)) for i in bad]
+            skipped = [os.path.relpath(files[i], folder) for i in bad]
             self._write_cache(cache, images, bad, skipped, tmp)
         return images, bad
 
@@ -397,13 +418,14 @@ class ImageFolderDataModule(InMemoryDataModule):
             f"(skip_bad_files=True):\n  {shown}{more}"
         )
 
-    def _cache_path(self, folder: Path, files: list[Path], size: tuple[int, int]) -> Path | None:
+    def _cache_path(self, folder: Path, files: list[str], size: tuple[int, int]) -> Path | None:
         if not self.use_cache:
             return None
         digest = hashlib.sha1(f"{_CACHE_VERSION}|{folder.resolve()}|{size}".encode())
+        prefix = len(str(folder)) + 1
         for f in files:
-            stat = f.stat()
-            digest.update(f"|{f.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            stat = os.stat(f)
+            digest.update(f"|{f[prefix:]}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return self.cache_dir / f"{folder.name}-{digest.hexdigest()[:20]}.u8"
 
     @staticmethod

@@ -90,9 +90,11 @@ def apply_at_(images: Tensor, index: Tensor, fn: Callable[..., Tensor], *args: T
     """Replaces ``images[index]`` with ``fn(images[index], *args)``, in place.
 
     Working on the selected subset (index, op, write back) skips the cost for the rest. A CPU
-    ``index``, as the samplers' masks give, costs no device sync.
+    ``index`` (sorted, unique: as :func:`where` gives it) costs no device sync.
     """
-    if index.numel() > 0:
+    if index.numel() == images.shape[0]:  # all of them: no gather, no scatter
+        images.copy_(fn(images, *args))
+    elif index.numel() > 0:
         index_dev = index.to(images.device)
         images.index_copy_(0, index_dev, fn(images.index_select(0, index_dev), *args))
     return images

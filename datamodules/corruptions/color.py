@@ -148,10 +148,7 @@ def grayscale(images: Tensor, apply: Tensor) -> Tensor:
 
 
 def _solarize_(images: Tensor, threshold: float, apply: Tensor) -> Tensor:
-    # One masked pass over the whole batch: cheaper than gathering the subset for a pointwise op.
-    mask = images >= threshold  # [B, 3, H, W]
-    mask &= apply.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(mask, 1.0 - images, images, out=images)
+    return apply_at_(images, where(apply), lambda x: torch.where(x >= threshold, 1.0 - x, x))
 
 
 def solarize(images: Tensor, threshold: float, apply: Tensor) -> Tensor:
