@@ -3,12 +3,20 @@
 from datamodules.base import InMemoryDataModule, InMemoryDataset
 from datamodules.batch import Batch
 from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
-from datamodules.corruptions import CleanView, Corruption, SimCLRViews
+from datamodules.corruptions import (
+    BYOLViews,
+    CleanView,
+    Corruption,
+    MultiCropViews,
+    SimCLRViews,
+    ViewTransform,
+)
 from datamodules.folder import ImageFolderDataModule
 from datamodules.masking import PatchMask
 from datamodules.rotation import Rotations
 
 __all__ = [
+    "BYOLViews",
     "Batch",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
@@ -17,7 +25,9 @@ __all__ = [
     "ImageFolderDataModule",
     "InMemoryDataModule",
     "InMemoryDataset",
+    "MultiCropViews",
     "PatchMask",
     "Rotations",
     "SimCLRViews",
+    "ViewTransform",
 ]
