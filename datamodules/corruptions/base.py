@@ -90,7 +90,7 @@ def apply_at_(images: Tensor, index: Tensor, fn: Callable[..., Tensor], *args: T
     """Replaces ``images[index]`` with ``fn(images[index], *args)``, in place.
 
     Working on the selected subset (index, op, write back) skips the cost for the rest. A CPU
-    ``index`` (sorted, unique: as :func:`where` gives it) costs no device sync.
+    ``index`` (sorted, unique: as :func:`mask_indices` gives it) costs no device sync.
     """
     if index.numel() == images.shape[0]:  # all of them: no gather, no scatter
         images.copy_(fn(images, *args))
@@ -100,7 +100,7 @@ def apply_at_(images: Tensor, index: Tensor, fn: Callable[..., Tensor], *args: T
     return images
 
 
-def where(mask: Tensor) -> Tensor:
+def mask_indices(mask: Tensor) -> Tensor:
     """``[K]`` indices of the ``True`` entries of a ``[B]`` bool mask."""
     return mask.nonzero()[:, 0]
 

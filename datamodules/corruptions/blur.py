@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from datamodules.corruptions.base import apply_at_, where
+from datamodules.corruptions.base import apply_at_, mask_indices
 
 
 def blur_kernel_sizes(sigma: Tensor, max_size: int | None = None) -> Tensor:
@@ -129,5 +129,5 @@ def check_kernel_size(sizes: Tensor, height: int, width: int) -> None:
 
 def blur_(images: Tensor, sigma: Tensor, kernel_size: Tensor, apply: Tensor) -> Tensor:
     """In-place :func:`gaussian_blur` of the images where ``apply`` is set; CPU parameters."""
-    index = where(apply)
+    index = mask_indices(apply)
     return apply_at_(images, index, _gaussian_blur, sigma[index], kernel_size[index])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from datamodules.corruptions.base import apply_at_, per_image, where
+from datamodules.corruptions.base import apply_at_, mask_indices, per_image
 
 
 def rgb_to_grayscale(images: Tensor) -> Tensor:
@@ -112,7 +112,7 @@ def _color_jitter_(images: Tensor, factors: Tensor, order: Tensor, apply: Tensor
     todo = apply[:, None] & (factors != identity)  # [B, 4], per image and op
     for slot in range(order.shape[1]):
         for op, kernel in enumerate(_JITTER_KERNELS):
-            index = where(todo[:, op] & (order[:, slot] == op))  # [K]
+            index = mask_indices(todo[:, op] & (order[:, slot] == op))  # [K]
             apply_at_(images, index, kernel, factors[index, op])
     return images
 
@@ -139,7 +139,7 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor, apply: Tensor) 
 
 
 def _grayscale_(images: Tensor, apply: Tensor) -> Tensor:
-    return apply_at_(images, where(apply), lambda x: rgb_to_grayscale(x).expand_as(x))
+    return apply_at_(images, mask_indices(apply), lambda x: rgb_to_grayscale(x).expand_as(x))
 
 
 def grayscale(images: Tensor, apply: Tensor) -> Tensor:
@@ -148,7 +148,7 @@ def grayscale(images: Tensor, apply: Tensor) -> Tensor:
 
 
 def _solarize_(images: Tensor, threshold: float, apply: Tensor) -> Tensor:
-    return apply_at_(images, where(apply), lambda x: torch.where(x >= threshold, 1.0 - x, x))
+    return apply_at_(images, mask_indices(apply), lambda x: torch.where(x >= threshold, 1.0 - x, x))
 
 
 def solarize(images: Tensor, threshold: float, apply: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from datamodules.corruptions.base import apply_at_, where
+from datamodules.corruptions.base import apply_at_, mask_indices
 
 
 def _resample_matrix(
@@ -97,4 +97,4 @@ def resized_crop(
 
 def hflip(images: Tensor, flip: Tensor) -> Tensor:
     """Flips ``[B, C, H, W]`` images horizontally where the ``[B]`` bool ``flip`` is set."""
-    return apply_at_(images.clone(), where(flip), lambda x: x.flip(-1))
+    return apply_at_(images.clone(), mask_indices(flip), lambda x: x.flip(-1))
