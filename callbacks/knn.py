@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.linear_probe import step_features
+from callbacks.linear_probe import datamodule_num_classes, step_features
 from ssl_lightning import distributed
 
 __all__ = ["KNNMonitor", "gather_variable", "knn_predict"]
@@ -132,13 +132,7 @@ class KNNMonitor(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes is None:
-            num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
-            if not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(
-                    f"KNNMonitor needs labels, but the datamodule reports num_classes="
-                    f"{num_classes!r}; pass KNNMonitor(num_classes=...) or remove the callback"
-                )
-            self.num_classes = num_classes
+            self.num_classes = datamodule_num_classes(trainer, "KNNMonitor")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._features, self._labels, self._stored = [], [], 0

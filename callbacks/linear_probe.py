@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_lightning import distributed
 
-__all__ = ["OnlineLinearProbe", "step_features"]
+__all__ = ["OnlineLinearProbe", "datamodule_num_classes", "step_features"]
 
 
 def step_features(outputs: Any, hook: str) -> tuple[Tensor, Tensor]:
@@ -31,6 +31,17 @@ def step_features(outputs: Any, hook: str) -> tuple[Tensor, Tensor]:
             f"{tuple(labels.shape)}; expected pooled features [N, D] and labels [N]"
         )
     return features, labels
+
+
+def datamodule_num_classes(trainer: L.Trainer, callback: str) -> int:
+    """The datamodule's ``num_classes``, or an error telling ``callback``'s user what to pass."""
+    num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"{callback} needs labels, but the datamodule reports num_classes={num_classes!r}; "
+            f"pass {callback}(num_classes=...) or remove the callback"
+        )
+    return num_classes
 
 
 class OnlineLinearProbe(L.Callback):
@@ -95,14 +106,7 @@ class OnlineLinearProbe(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes is None:
-            num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
-            if not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(
-                    f"OnlineLinearProbe needs labels, but the datamodule reports num_classes="
-                    f"{num_classes!r}; pass OnlineLinearProbe(num_classes=...) or remove the "
-                    "callback"
-                )
-            self.num_classes = num_classes
+            self.num_classes = datamodule_num_classes(trainer, "OnlineLinearProbe")
 
     def on_train_batch_end(
         self,

@@ -8,9 +8,9 @@ import pytest
 
 from ssl_lightning import SimCLR
 from ssl_lightning.cli import main
+from tests.helpers import SAMPLE
 
 ROOT = Path(__file__).parent.parent
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -12,9 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import OnlineLinearProbe, TrainingCurves, curves
 from datamodules import ImageFolderDataModule
-from tests.test_linear_probe import CountingMethod, _trainer
-
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+from tests.helpers import SAMPLE, tiny_trainer
+from tests.test_linear_probe import CountingMethod
 
 
 def test_curves_png_in_the_log_dir_with_per_epoch_values(tmp_path: Path) -> None:
@@ -27,7 +26,7 @@ def test_curves_png_in_the_log_dir_with_per_epoch_values(tmp_path: Path) -> None
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     curve = LossRecorder()
-    trainer = _trainer(
+    trainer = tiny_trainer(
         tmp_path,
         max_epochs=2,
         limit_train_batches=3,

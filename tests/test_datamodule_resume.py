@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from datamodules import ImageFolderDataModule, SimCLRViews
 from ssl_lightning import SimCLR
+from tests.helpers import SAMPLE
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "proj_hidden_dim": 32}
 BATCHES_PER_EPOCH = 7  # 120 training images, batch 16, last partial batch dropped
 

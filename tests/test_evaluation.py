@@ -17,9 +17,8 @@ from datamodules.corruptions import normalize
 from ssl_lightning import LinearEvaluation, SimCLR
 from ssl_lightning.cli import main
 from ssl_lightning.export import export_backbone
-from tests.test_linear_probe import _trainer
+from tests.helpers import SAMPLE, tiny_trainer
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 4}}
 
 
@@ -41,7 +40,7 @@ def simclr_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, S
     torch.manual_seed(0)
     model = SimCLR(**TINY, proj_hidden_dim=16)
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=root)
-    trainer = _trainer(root, max_steps=2, limit_val_batches=0)
+    trainer = tiny_trainer(root, max_steps=2, limit_val_batches=0)
     trainer.fit(model, dm)
     path = root / "simclr.ckpt"
     trainer.save_checkpoint(path)
@@ -69,7 +68,7 @@ def test_linear_evaluation_recovers_a_planted_linear_signal(tmp_path: Path) -> N
         corruption=CleanView(),
     )
     before = [p.clone() for p in model.backbone.state_dict().values()]
-    trainer = _trainer(tmp_path, max_epochs=5, check_val_every_n_epoch=5)
+    trainer = tiny_trainer(tmp_path, max_epochs=5, check_val_every_n_epoch=5)
     trainer.fit(model, dm)
     assert model.num_classes == 4 and model.hparams.num_classes == 4  # from the datamodule
     assert trainer.callback_metrics["val/acc_top1"] > 0.95
@@ -87,7 +86,7 @@ def test_frozen_backbone_stays_in_eval_mode_and_fine_tune_trains_it(tmp_path: Pa
 
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
     frozen = LinearEvaluation(**TINY)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Watch()])
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Watch()])
     trainer.fit(frozen, dm)
     assert seen == [False, False] and frozen.head is not None and frozen.head.training
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
@@ -99,7 +98,7 @@ def test_frozen_backbone_stays_in_eval_mode_and_fine_tune_trains_it(tmp_path: Pa
     tuned = LinearEvaluation(**TINY, fine_tune=True, backbone_lr_factor=0.5, scale_lr=False)
     before = [p.clone() for p in tuned.backbone.parameters()]
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Watch()])
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Watch()])
     trainer.fit(tuned, dm)
     assert seen == [True, True]
     head_group, backbone_group = trainer.optimizers[0].param_groups
@@ -131,7 +130,7 @@ def test_bad_input_names_the_fix(simclr_checkpoint: tuple[Path, SimCLR], tmp_pat
 
     # A checkpoint of a LightningModule that is not an SSL method: no backbone hyper-parameters.
     foreign = tmp_path / "boring.ckpt"
-    trainer = _trainer(tmp_path, max_steps=1)
+    trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(BoringModel())
     trainer.save_checkpoint(foreign)
     with pytest.raises(ValueError, match="no backbone name"):
@@ -140,7 +139,7 @@ def test_bad_input_names_the_fix(simclr_checkpoint: tuple[Path, SimCLR], tmp_pat
     # Labels beyond num_classes.
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"num_classes=3\).*model.num_classes to at least"):
-        _trainer(tmp_path, max_steps=1).fit(LinearEvaluation(**TINY, num_classes=3), dm)
+        tiny_trainer(tmp_path, max_steps=1).fit(LinearEvaluation(**TINY, num_classes=3), dm)
 
 
 def test_linear_evaluation_from_the_command_line(

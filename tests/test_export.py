@@ -11,8 +11,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from ssl_lightning import SimCLR, create_backbone
 from ssl_lightning.cli import main
 from ssl_lightning.export import export_backbone
+from tests.helpers import tiny_trainer
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
-from tests.test_linear_probe import _trainer
 
 
 def test_export_round_trip_gives_identical_outputs(
@@ -58,7 +58,7 @@ def test_existing_output_is_refused_unless_overwrite(
 
 def test_checkpoints_that_are_not_ssl_methods_are_refused(tmp_path: Path) -> None:
     foreign = tmp_path / "boring.ckpt"
-    trainer = _trainer(tmp_path, max_steps=1)
+    trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(BoringModel())
     trainer.save_checkpoint(foreign)
     with pytest.raises(ValueError, match="not a checkpoint of an SSL method"):

@@ -11,8 +11,7 @@ from PIL import Image
 
 from datamodules import ImageFolderDataModule
 from datamodules.folder import find_images
-
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+from tests.helpers import SAMPLE
 
 
 def test_image_folder_loads_the_real_sample(tmp_path: Path) -> None:

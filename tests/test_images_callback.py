@@ -14,8 +14,8 @@ from callbacks import PreviewImages
 from callbacks.images import preview_rows
 from datamodules import Batch, ImageFolderDataModule, PatchMask, Rotations, SimCLRViews
 from ssl_lightning import MaskedReconstruction, RotationPrediction, SimCLR
+from tests.helpers import SAMPLE
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 CONV = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}
 
 

@@ -14,9 +14,8 @@ from torch import Tensor
 from callbacks import KNNMonitor
 from callbacks.knn import gather_variable, knn_predict
 from datamodules import ImageFolderDataModule
-from tests.test_linear_probe import CountingMethod, Recorder, _trainer, two_process_results
-
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+from tests.helpers import SAMPLE, tiny_trainer
+from tests.test_linear_probe import CountingMethod, Recorder, two_process_results
 
 
 def brute_force_knn(
@@ -61,7 +60,7 @@ def test_monitor_accuracy_equals_brute_force_over_the_epochs_features(tmp_path: 
             val.append((outputs["features"].clone(), outputs["labels"].clone()))
 
     recorder, knn = Recorder(), KNNMonitor(k=5, temperature=0.07, bank_size=40)
-    trainer = _trainer(
+    trainer = tiny_trainer(
         tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[recorder, ValRecorder(), knn]
     )
     torch.manual_seed(0)

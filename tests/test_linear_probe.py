@@ -17,8 +17,7 @@ from callbacks import OnlineLinearProbe
 from datamodules import Batch, ImageFolderDataModule, InMemoryDataModule
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
 from tests.distributed_utils import run_distributed
-
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+from tests.helpers import SAMPLE, tiny_trainer
 
 
 class CountingMethod(SSLMethod):
@@ -61,19 +60,6 @@ class SyntheticDataModule(InMemoryDataModule):
         return (images, self.labels) if split == "train" else None
 
 
-def _trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
-    defaults: dict[str, Any] = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
-
-
 def _reference_probe(
     steps: list[tuple[Tensor, Tensor]], num_classes: int, lr: float, state: dict | None = None
 ) -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
@@ -100,7 +86,9 @@ def test_probe_trains_on_the_step_features_with_no_extra_forward(tmp_path: Path)
     recorder, probe = Recorder(), OnlineLinearProbe(lr=0.05)
     torch.manual_seed(0)
     model = CountingMethod()
-    _trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[recorder, probe]).fit(model, dm)
+    tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[recorder, probe]).fit(
+        model, dm
+    )
     assert model.forward_calls == 4  # one backbone pass per step: the method's own
     assert probe.num_classes == 10  # from the datamodule
     head, _ = _reference_probe(recorder.steps, 10, lr=0.05)
@@ -119,7 +107,7 @@ def test_validation_accuracy_is_logged_from_the_validation_features(tmp_path: Pa
             val_features.append((outputs["features"].clone(), outputs["labels"].clone()))
 
     probe = OnlineLinearProbe(lr=0.05)
-    trainer = _trainer(
+    trainer = tiny_trainer(
         tmp_path, max_epochs=1, limit_train_batches=3, callbacks=[ValRecorder(), probe]
     )
     torch.manual_seed(0)
@@ -142,7 +130,7 @@ def test_unlabeled_samples_and_batches_are_skipped(tmp_path: Path) -> None:
     labels = [0, 1, 2] + [-1] * 29
     recorder, probe = Recorder(), OnlineLinearProbe(num_classes=3, lr=0.1)
     torch.manual_seed(0)
-    _trainer(tmp_path, max_steps=8, callbacks=[recorder, probe]).fit(
+    tiny_trainer(tmp_path, max_steps=8, callbacks=[recorder, probe]).fit(
         CountingMethod(), SyntheticDataModule(labels, batch_size=4)
     )
     assert any((y < 0).all() for _, y in recorder.steps)  # really had an unlabeled batch
@@ -159,11 +147,11 @@ def test_unlabeled_samples_and_batches_are_skipped(tmp_path: Path) -> None:
 def test_labels_beyond_num_classes_name_the_fix(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"num_classes=3\).*at least"):
-        _trainer(tmp_path, max_steps=1, callbacks=[OnlineLinearProbe(num_classes=3)]).fit(
+        tiny_trainer(tmp_path, max_steps=1, callbacks=[OnlineLinearProbe(num_classes=3)]).fit(
             CountingMethod(), dm
         )
     with pytest.raises(ValueError, match="needs labels"):
-        _trainer(tmp_path, max_steps=1, callbacks=[OnlineLinearProbe()]).fit(
+        tiny_trainer(tmp_path, max_steps=1, callbacks=[OnlineLinearProbe()]).fit(
             CountingMethod(), SyntheticDataModule([-1] * 16)
         )
 
@@ -235,7 +223,7 @@ def test_checkpoint_round_trip_restores_head_and_optimizer(tmp_path: Path) -> No
     probe = OnlineLinearProbe(lr=0.05)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2)
     torch.manual_seed(0)
-    _trainer(
+    tiny_trainer(
         tmp_path,
         max_steps=2,
         limit_val_batches=0,
@@ -250,7 +238,7 @@ def test_checkpoint_round_trip_restores_head_and_optimizer(tmp_path: Path) -> No
     assert saved["optimizer"]["state"][0]["step"] == 2
 
     resumed, recorder = OnlineLinearProbe(lr=0.05), Recorder()
-    _trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[recorder, resumed]).fit(
+    tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[recorder, resumed]).fit(
         CountingMethod(), datamodule(), ckpt_path=ckpt_path
     )
     assert len(recorder.steps) == 1  # one step after the resume point

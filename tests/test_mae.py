@@ -3,7 +3,6 @@
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -18,8 +17,8 @@ from ssl_lightning.backbones.vit import (
 )
 from ssl_lightning.cli import main
 from ssl_lightning.methods.masked import visible_index
+from tests.helpers import SAMPLE, tiny_trainer
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY_VIT = {"dim": 32, "depth": 2, "num_heads": 2}
 TINY = {
     "backbone": "vit_tiny",
@@ -28,19 +27,6 @@ TINY = {
     "decoder_depth": 1,
     "decoder_num_heads": 2,
 }
-
-
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _masked_batch(images: torch.Tensor, patch_size: int = 4, seed: int = 0) -> Batch:
@@ -245,7 +231,7 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
             return model.pretext_step(fixed).loss.item()
 
     before = loss()
-    _trainer(tmp_path, max_steps=10).fit(model, dm)
+    tiny_trainer(tmp_path, max_steps=10).fit(model, dm)
     assert isinstance(dm.train_corruption(), PatchMask)
     assert loss() < before - 0.2  # measured: 1.85 -> 1.15
 
@@ -253,7 +239,7 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
 def test_simclr_views_fail_at_the_first_batch(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path, corruption=SimCLRViews())
     with pytest.raises(ValueError, match="MAE needs a patch mask"):
-        _trainer(tmp_path, max_steps=1).fit(MAE(**TINY), dm)
+        tiny_trainer(tmp_path, max_steps=1).fit(MAE(**TINY), dm)
 
 
 def test_cli_short_name_run(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -12,22 +11,9 @@ from ssl_lightning import MaskedReconstruction
 from ssl_lightning.cli import main
 from ssl_lightning.heads import ConvDecoder
 from ssl_lightning.methods.masked import reconstruction_loss
+from tests.helpers import SAMPLE, tiny_trainer
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "decoder_channels": 16}
-
-
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _masked_batch(images: torch.Tensor, patch_size: int = 4, seed: int = 0) -> Batch:
@@ -161,7 +147,7 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
             return model.pretext_step(fixed).loss.item()
 
     before = loss()
-    _trainer(tmp_path, max_steps=10).fit(model, dm)
+    tiny_trainer(tmp_path, max_steps=10).fit(model, dm)
     assert isinstance(dm.train_corruption(), PatchMask)
     assert loss() < before - 0.2
 
@@ -169,7 +155,7 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
 def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path, corruption=CleanView())
     with pytest.raises(ValueError, match="MaskedReconstruction needs a patch mask"):
-        _trainer(tmp_path, max_steps=1).fit(MaskedReconstruction(**TINY), dm)
+        tiny_trainer(tmp_path, max_steps=1).fit(MaskedReconstruction(**TINY), dm)
 
 
 def test_cli_short_name_run(tmp_path: Path) -> None:

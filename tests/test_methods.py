@@ -11,8 +11,8 @@ from datamodules import Batch, CleanView, ImageFolderDataModule, SimCLRViews
 from ssl_lightning import SimCLR, create_backbone
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.optim import LARS, warmup_cosine
+from tests.helpers import SAMPLE, tiny_trainer
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "proj_hidden_dim": 32}
 
 
@@ -20,19 +20,6 @@ def _batch(num_views: int = 2, batch_size: int = 4) -> Batch:
     g = torch.Generator().manual_seed(0)
     views = [torch.randn(batch_size, 3, 16, 16, generator=g) for _ in range(num_views)]
     return Batch(views=views, labels=torch.arange(batch_size))
-
-
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _datamodule(tmp_path: Path, batch_size: int = 16, **kwargs) -> ImageFolderDataModule:
@@ -107,7 +94,7 @@ def test_optimizer_groups_lr_scaling_and_warmup_cosine(tmp_path: Path) -> None:
         def on_train_batch_start(self, trainer, *args) -> None:
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[RecordLR()])
+    trainer = tiny_trainer(tmp_path, max_epochs=3, callbacks=[RecordLR()])
     trainer.fit(model, dm)
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, LARS)
@@ -133,14 +120,14 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
             return model.pretext_step(fixed).loss.item()
 
     before = loss()
-    _trainer(tmp_path, max_steps=25).fit(model, dm)
+    tiny_trainer(tmp_path, max_steps=25).fit(model, dm)
     assert loss() < before - 0.1
 
 
 def test_fit_uses_simclr_views_and_checkpoints_round_trip(tmp_path: Path) -> None:
     model = SimCLR(**TINY)
     dm = _datamodule(tmp_path)
-    trainer = _trainer(tmp_path, max_steps=2, enable_checkpointing=True)
+    trainer = tiny_trainer(tmp_path, max_steps=2, enable_checkpointing=True)
     trainer.fit(model, dm)
     assert isinstance(dm.train_corruption(), SimCLRViews)
     ckpt = next(Path(tmp_path).rglob("*.ckpt"))
@@ -154,7 +141,7 @@ def test_fit_uses_simclr_views_and_checkpoints_round_trip(tmp_path: Path) -> Non
 def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
     dm = _datamodule(tmp_path, corruption=CleanView())
     with pytest.raises(ValueError, match="SimCLR needs >= 2 views"):
-        _trainer(tmp_path, max_steps=1).fit(SimCLR(**TINY), dm)
+        tiny_trainer(tmp_path, max_steps=1).fit(SimCLR(**TINY), dm)
 
 
 def test_embed_views_runs_one_pass_per_resolution() -> None:

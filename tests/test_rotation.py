@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,22 +11,9 @@ from datamodules.corruptions import normalize
 from datamodules.rotation import rotate
 from ssl_lightning import RotationPrediction
 from ssl_lightning.cli import main
+from tests.helpers import SAMPLE, tiny_trainer
 
-SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}
-
-
-def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def _rotations(mode: str, images: torch.Tensor, seed: int = 0) -> Batch:
@@ -130,7 +116,7 @@ def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
             return model.pretext_step(fixed).loss.item()
 
     before = loss()
-    _trainer(tmp_path, max_steps=20).fit(model, dm)
+    tiny_trainer(tmp_path, max_steps=20).fit(model, dm)
     assert isinstance(dm.train_corruption(), Rotations)
     assert loss() < before - 0.15  # measured: 1.46 -> 1.12
 
@@ -139,7 +125,7 @@ def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
     for corruption in (CleanView(), PatchMask()):
         dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path, corruption=corruption)
         with pytest.raises(ValueError, match="RotationPrediction needs one rotation index"):
-            _trainer(tmp_path, max_steps=1).fit(RotationPrediction(**TINY), dm)
+            tiny_trainer(tmp_path, max_steps=1).fit(RotationPrediction(**TINY), dm)
 
 
 def test_cli_short_name_run(tmp_path: Path) -> None:

@@ -1,0 +1,24 @@
+"""Shared test helpers: the real image sample and a quiet CPU trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+SAMPLE = Path(__file__).parent / "data" / "cifar10-sample"
+
+
+def tiny_trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
+    """A CPU trainer without logger, checkpoints, progress bar or sanity check; ``kwargs`` win."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
