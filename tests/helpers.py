@@ -22,3 +22,21 @@ def tiny_trainer(tmp_path: Path, **kwargs: Any) -> L.Trainer:
         num_sanity_val_steps=0,
     )
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def sample_fit_args(tmp_path: Path, model: str, *options: str) -> list[str]:
+    """``ssl-lightning fit`` arguments: ``model`` (with its ``options``) for 2 CPU steps on the
+    real image sample, logging and caching under ``tmp_path``."""
+    return [
+        "fit",
+        f"--model={model}",
+        *options,
+        "--data=ImageFolderDataModule",
+        f"--data.data_dir={SAMPLE}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--data.batch_size=16",
+        "--trainer.max_steps=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]

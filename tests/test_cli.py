@@ -8,7 +8,7 @@ import pytest
 
 from ssl_lightning import SimCLR
 from ssl_lightning.cli import main
-from tests.helpers import SAMPLE
+from tests.helpers import sample_fit_args
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -23,23 +23,8 @@ class TinySimCLR(SimCLR):
 
 
 def _fit_args(tmp_path: Path, model: str, *extra: str) -> list[str]:
-    return [
-        "fit",
-        f"--model={model}",
-        "--data",
-        "ImageFolderDataModule",
-        f"--data.data_dir={SAMPLE}",
-        f"--data.cache_dir={tmp_path / 'cache'}",
-        "--data.batch_size=16",
-        "--model.backbone=convnet",
-        "--model.backbone_kwargs={width: 8}",
-        "--model.proj_hidden_dim=32",
-        "--trainer.max_steps=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp_path}",
-        *extra,
-    ]
+    tiny = ("--model.backbone=convnet", "--model.backbone_kwargs={width: 8}")
+    return [*sample_fit_args(tmp_path, model, *tiny, "--model.proj_hidden_dim=32"), *extra]
 
 
 def test_console_script_and_module_help() -> None:

@@ -17,7 +17,7 @@ from ssl_lightning.backbones.vit import (
 )
 from ssl_lightning.cli import main
 from ssl_lightning.methods.masked import visible_index
-from tests.helpers import SAMPLE, tiny_trainer
+from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY_VIT = {"dim": 32, "depth": 2, "num_heads": 2}
 TINY = {
@@ -244,23 +244,15 @@ def test_simclr_views_fail_at_the_first_batch(tmp_path: Path) -> None:
 
 def test_cli_short_name_run(tmp_path: Path) -> None:
     main(
-        [
-            "fit",
-            "--model=MAE",
-            "--data=ImageFolderDataModule",
-            f"--data.data_dir={SAMPLE}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.batch_size=16",
+        sample_fit_args(
+            tmp_path,
+            "MAE",
             "--model.backbone=vit_tiny",
             "--model.backbone_kwargs={dim: 32, depth: 1, num_heads: 2}",
             "--model.decoder_dim=32",
             "--model.decoder_depth=1",
             "--model.decoder_num_heads=2",
-            "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
+        )
     )
     assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()

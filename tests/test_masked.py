@@ -11,7 +11,7 @@ from ssl_lightning import MaskedReconstruction
 from ssl_lightning.cli import main
 from ssl_lightning.heads import ConvDecoder
 from ssl_lightning.methods.masked import reconstruction_loss
-from tests.helpers import SAMPLE, tiny_trainer
+from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "decoder_channels": 16}
 
@@ -160,21 +160,13 @@ def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
 
 def test_cli_short_name_run(tmp_path: Path) -> None:
     main(
-        [
-            "fit",
-            "--model=MaskedReconstruction",
-            "--data=ImageFolderDataModule",
-            f"--data.data_dir={SAMPLE}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.batch_size=16",
+        sample_fit_args(
+            tmp_path,
+            "MaskedReconstruction",
             "--model.backbone=convnet",
             "--model.backbone_kwargs={width: 8}",
             "--model.loss=l1",
-            "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
+        )
     )
     assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()

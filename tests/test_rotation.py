@@ -11,7 +11,7 @@ from datamodules.corruptions import normalize
 from datamodules.rotation import rotate
 from ssl_lightning import RotationPrediction
 from ssl_lightning.cli import main
-from tests.helpers import SAMPLE, tiny_trainer
+from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}
 
@@ -130,23 +130,15 @@ def test_mismatched_corruption_fails_at_the_first_batch(tmp_path: Path) -> None:
 
 def test_cli_short_name_run(tmp_path: Path) -> None:
     main(
-        [
-            "fit",
-            "--model=RotationPrediction",
-            "--data=ImageFolderDataModule",
-            f"--data.data_dir={SAMPLE}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.batch_size=16",
+        sample_fit_args(
+            tmp_path,
+            "RotationPrediction",
             "--model.backbone=convnet",
             "--model.backbone_kwargs={width: 8}",
             "--model.head=mlp",
             "--model.mode=random",
             "--trainer.log_every_n_steps=1",
-            "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
+        )
     )
     assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()
