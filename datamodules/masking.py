@@ -59,6 +59,14 @@ def mask_to_pixels(mask: Tensor, patch_size: int) -> Tensor:
     return pixels.unsqueeze(1)
 
 
+def check_mask_ratio(mask_ratio: float, setting: str) -> None:
+    """Raises if ``mask_ratio`` is not in ``(0, 1)``, naming the ``setting`` that fixes it."""
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(
+            f"mask_ratio={mask_ratio!r} is invalid: expected a value in (0, 1) (set {setting})"
+        )
+
+
 class PatchMask(Corruption):
     """Hides ``round(mask_ratio * h * w)`` random square patches of every image.
 
@@ -94,11 +102,7 @@ class PatchMask(Corruption):
                 f"patch_size={patch_size!r} is invalid: expected a positive int "
                 "(set data.corruption.init_args.patch_size)"
             )
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(
-                f"mask_ratio={mask_ratio!r} is invalid: expected a value in (0, 1) "
-                "(set data.corruption.init_args.mask_ratio)"
-            )
+        check_mask_ratio(mask_ratio, "data.corruption.init_args.mask_ratio")
         if fill not in ("zero", "noise", "mean"):
             raise ValueError(
                 f"fill={fill!r} is invalid: expected 'zero', 'noise' or 'mean' "

@@ -15,7 +15,7 @@ from datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import read_weights
 from ssl_lightning.export import backbone_from_checkpoint
-from ssl_lightning.optim import warmup_cosine
+from ssl_lightning.optim import scaled_lr, warmup_cosine
 
 __all__ = ["LinearEvaluation"]
 
@@ -202,7 +202,7 @@ class LinearEvaluation(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         assert self.head is not None
-        lr = self.lr * self._global_batch_size() / 256 if self.scale_lr else self.lr
+        lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
         groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": lr}]
         if self.fine_tune:
             backbone_params = list(self.backbone.parameters())
@@ -240,15 +240,6 @@ class LinearEvaluation(L.LightningModule):
                     f"model.num_classes to at least {int(high) + 1}"
                 )
         return labels
-
-    def _global_batch_size(self) -> int:
-        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-        if not isinstance(batch_size, int):
-            raise ValueError(
-                "scale_lr=True needs the datamodule's integer `batch_size`; use a datamodule "
-                "with one or set model.scale_lr=false"
-            )
-        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
 
 def _mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -124,3 +124,18 @@ def warmup_cosine(
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scaled_lr(lr: float, trainer: Any) -> float:
+    """``lr * global batch / 256`` (the linear scaling rule, Goyal et al. 2017, arXiv:1706.02677).
+
+    The global batch is the datamodule's ``batch_size`` times the number of processes times
+    the gradient-accumulation steps of ``trainer``.
+    """
+    batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    if not isinstance(batch_size, int):
+        raise ValueError(
+            "scale_lr=True needs the datamodule's integer `batch_size` to compute the global "
+            "batch size; use a datamodule with one or set model.scale_lr=false"
+        )
+    return lr * batch_size * trainer.world_size * trainer.accumulate_grad_batches / 256

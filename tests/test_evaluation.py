@@ -17,7 +17,7 @@ from datamodules.corruptions import normalize
 from ssl_lightning import LinearEvaluation, SimCLR
 from ssl_lightning.cli import main
 from ssl_lightning.export import export_backbone
-from tests.helpers import SAMPLE, tiny_trainer
+from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 4}}
 
@@ -145,21 +145,8 @@ def test_bad_input_names_the_fix(simclr_checkpoint: tuple[Path, SimCLR], tmp_pat
 def test_linear_evaluation_from_the_command_line(
     simclr_checkpoint: tuple[Path, SimCLR], tmp_path: Path
 ) -> None:
-    main(
-        [
-            "fit",
-            "--model=LinearEvaluation",
-            f"--model.backbone_checkpoint={simclr_checkpoint[0]}",
-            "--data=ImageFolderDataModule",
-            f"--data.data_dir={SAMPLE}",
-            f"--data.cache_dir={tmp_path / 'cache'}",
-            "--data.batch_size=16",
-            "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu",
-            "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
+    checkpoint = f"--model.backbone_checkpoint={simclr_checkpoint[0]}"
+    main(sample_fit_args(tmp_path, "LinearEvaluation", checkpoint))
     ckpt = next(tmp_path.rglob("*.ckpt"))
     restored = LinearEvaluation.load_from_checkpoint(ckpt)  # num_classes was saved
     assert restored.num_classes == 10

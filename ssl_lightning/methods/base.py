@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from datamodules.batch import Batch
 from datamodules.corruptions import CleanView, Corruption
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.optim import LARS, param_groups, warmup_cosine
+from ssl_lightning.optim import LARS, param_groups, scaled_lr, warmup_cosine
 
 
 @dataclass
@@ -162,7 +162,7 @@ class SSLMethod(L.LightningModule):
         return {"features": self(batch.views[0]), "labels": batch.labels}
 
     def configure_optimizers(self) -> Any:
-        lr = self.lr * self._global_batch_size() / 256 if self.scale_lr else self.lr
+        lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
         groups = param_groups(self, self.weight_decay)
         optimizer: torch.optim.Optimizer
         if self.optimizer_name == "lars":
@@ -198,12 +198,3 @@ class SSLMethod(L.LightningModule):
         if batches == float("inf"):
             raise ValueError("warmup_epochs needs a training loader with a length")
         return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
-
-    def _global_batch_size(self) -> int:
-        batch_size = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-        if not isinstance(batch_size, int):
-            raise ValueError(
-                "scale_lr=True needs the datamodule's integer `batch_size` to compute the global "
-                "batch size; use a datamodule with one or set model.scale_lr=false"
-            )
-        return batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches

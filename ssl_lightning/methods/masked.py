@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from datamodules.batch import Batch
 from datamodules.corruptions import Corruption
-from datamodules.masking import PatchMask, mask_to_pixels
+from datamodules.masking import PatchMask, check_mask_ratio, mask_to_pixels
 from ssl_lightning.backbones.vit import patchify, unpatchify
 from ssl_lightning.heads import ConvDecoder, MAEDecoder
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
@@ -145,10 +145,7 @@ class MaskedReconstruction(SSLMethod):
     ) -> None:
         if loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {loss!r} (set model.loss)")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(
-                f"mask_ratio must be in (0, 1), got {mask_ratio} (set model.mask_ratio)"
-            )
+        check_mask_ratio(mask_ratio, "model.mask_ratio")
         if patch_size < 1 or image_size % patch_size:
             raise ValueError(
                 f"patch_size={patch_size} does not divide image_size={image_size}; set "
@@ -290,10 +287,7 @@ class MAE(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(
-                f"mask_ratio must be in (0, 1), got {mask_ratio} (set model.mask_ratio)"
-            )
+        check_mask_ratio(mask_ratio, "model.mask_ratio")
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,
