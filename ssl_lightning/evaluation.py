@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodules.batch import Batch
 from datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.backbones.registry import read_weights
+from ssl_lightning.backbones.registry import num_features_of, read_weights
 from ssl_lightning.export import backbone_from_checkpoint
 from ssl_lightning.optim import scaled_lr, warmup_cosine
 
@@ -107,11 +107,8 @@ class LinearEvaluation(L.LightningModule):
         else:
             assert backbone is not None
             model = create_backbone(backbone, **(backbone_kwargs or {}))
-        num_features = getattr(model, "num_features", None)
-        if not isinstance(num_features, int):
-            raise TypeError(f"backbone {type(model).__name__} has no integer `num_features`")
+        self.num_features = num_features_of(model)
         self.backbone = model
-        self.num_features = num_features
         self.fine_tune = fine_tune
         self.backbone_lr_factor = backbone_lr_factor
         self.batch_norm = batch_norm

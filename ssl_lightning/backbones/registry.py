@@ -277,3 +277,14 @@ def _unknown_message(name: str, candidates: list[str]) -> str:
     return f"unknown backbone {name!r}.{hint} list_backbones() shows all names" + (
         f" (families: {families})." if families else "."
     )
+
+
+def num_features_of(backbone: nn.Module) -> int:
+    """The backbone's ``num_features``, or a ``TypeError`` if it breaks the backbone contract."""
+    num_features = getattr(backbone, "num_features", None)
+    if not isinstance(num_features, int):
+        raise TypeError(
+            f"backbone {type(backbone).__name__} has no integer `num_features`; a backbone "
+            "must follow the contract in ssl_lightning.backbones (num_features, pooled forward)"
+        )
+    return num_features

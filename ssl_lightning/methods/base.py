@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from datamodules.batch import Batch
 from datamodules.corruptions import CleanView, Corruption
 from ssl_lightning.backbones import create_backbone
+from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.optim import LARS, param_groups, scaled_lr, warmup_cosine
 
 
@@ -95,14 +96,8 @@ class SSLMethod(L.LightningModule):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         elif backbone_kwargs:
             raise ValueError("backbone_kwargs only apply when backbone is a registered name")
-        num_features = getattr(backbone, "num_features", None)
-        if not isinstance(num_features, int):
-            raise TypeError(
-                f"backbone {type(backbone).__name__} has no integer `num_features`; a backbone "
-                "must follow the contract in ssl_lightning.backbones (num_features, pooled forward)"
-            )
+        self.num_features = num_features_of(backbone)
         self.backbone = backbone
-        self.num_features = num_features
         self.optimizer_name = optimizer
         self.lr = lr
         self.weight_decay = weight_decay
