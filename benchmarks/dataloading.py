@@ -37,7 +37,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from datamodules import ImageFolderDataModule, SimCLRViews  # noqa: E402
+from ssl_lightning.datamodules import ImageFolderDataModule, SimCLRViews  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -20,9 +20,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from callbacks import OnlineLinearProbe
-from datamodules import InMemoryDataModule
 from ssl_lightning import SimCLR
+from ssl_lightning.callbacks import OnlineLinearProbe
+from ssl_lightning.datamodules import InMemoryDataModule
 
 
 class RandomImages(InMemoryDataModule):

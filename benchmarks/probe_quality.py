@@ -20,9 +20,9 @@ from pathlib import Path
 
 import lightning as L
 
-from callbacks import OnlineLinearProbe
-from datamodules import ImageFolderDataModule
 from ssl_lightning import LinearEvaluation, SimCLR
+from ssl_lightning.callbacks import OnlineLinearProbe
+from ssl_lightning.datamodules import ImageFolderDataModule
 
 
 def trainer(root: Path, **kwargs: object) -> L.Trainer:

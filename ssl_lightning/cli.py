@@ -12,8 +12,8 @@ import sys
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-import callbacks  # noqa: F401  (registers the callbacks for trainer.callbacks short names)
-import datamodules  # noqa: F401  (registers the datamodules for --data short names)
+import ssl_lightning.callbacks
+import ssl_lightning.datamodules
 import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
 from ssl_lightning import export

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.batch import Batch
-from datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of, read_weights
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.export import backbone_from_checkpoint
 from ssl_lightning.optim import scaled_lr, warmup_cosine
 

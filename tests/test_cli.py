@@ -42,7 +42,8 @@ def test_configs_parse(config: Path, capsys) -> None:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "class_path: ssl_lightning" in printed and "class_path: datamodules" in printed
+    assert "class_path: ssl_lightning." in printed
+    assert "class_path: ssl_lightning.datamodules." in printed
 
 
 def test_fit_by_short_names_picks_the_methods_corruption(tmp_path: Path) -> None:

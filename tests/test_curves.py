@@ -10,8 +10,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks import OnlineLinearProbe, TrainingCurves, curves
-from datamodules import ImageFolderDataModule
+from ssl_lightning.callbacks import OnlineLinearProbe, TrainingCurves, curves
+from ssl_lightning.datamodules import ImageFolderDataModule
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_linear_probe import CountingMethod
 

@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules import SimCLRViews
-from datamodules.base import InMemoryDataModule
 from ssl_lightning import SimCLR
+from ssl_lightning.datamodules import SimCLRViews
+from ssl_lightning.datamodules.base import InMemoryDataModule
 
 N, WORLD, BATCH, EPOCHS = 64, 2, 8, 2
 

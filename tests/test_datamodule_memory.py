@@ -33,7 +33,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     datasets.CIFAR10.meta = {"filename": "batches.meta", "key": "label_names",
                              "md5": md5["batches.meta"]}
 
-    from datamodules import CIFAR10DataModule
+    from ssl_lightning.datamodules import CIFAR10DataModule
 
     def rss():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

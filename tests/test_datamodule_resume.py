@@ -9,8 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from datamodules import ImageFolderDataModule, SimCLRViews
 from ssl_lightning import SimCLR
+from ssl_lightning.datamodules import ImageFolderDataModule, SimCLRViews
 from tests.helpers import SAMPLE
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "proj_hidden_dim": 32}

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets
 
-from datamodules import (
+from ssl_lightning.datamodules import (
     Batch,
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -24,7 +24,7 @@ from datamodules import (
     InMemoryDataset,
     SimCLRViews,
 )
-from datamodules.base import (
+from ssl_lightning.datamodules.base import (
     EpochShuffleSampler,
     InMemoryDataModule,
     ResumableDataLoader,

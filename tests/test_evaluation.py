@@ -12,10 +12,15 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import Tensor
 
-from datamodules import CleanView, ImageFolderDataModule, InMemoryDataModule, SimCLRViews
-from datamodules.corruptions import normalize
 from ssl_lightning import LinearEvaluation, SimCLR
 from ssl_lightning.cli import main
+from ssl_lightning.datamodules import (
+    CleanView,
+    ImageFolderDataModule,
+    InMemoryDataModule,
+    SimCLRViews,
+)
+from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.export import export_backbone
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ImageFolderDataModule
-from datamodules.folder import find_images
+from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.datamodules.folder import find_images
 from tests.helpers import SAMPLE
 
 
@@ -36,7 +36,7 @@ def test_image_folder_reads_its_cache_on_the_second_run(tmp_path: Path, monkeypa
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although a cache exists")
 
-    monkeypatch.setattr("datamodules.folder.decode_images", no_decoding)
+    monkeypatch.setattr("ssl_lightning.datamodules.folder.decode_images", no_decoding)
     second = ImageFolderDataModule(SAMPLE, cache_dir=tmp_path)
     second.setup("fit")
     assert second.train_set is not None and first.train_set is not None
@@ -245,7 +245,7 @@ def test_skip_bad_files_skips_logs_and_caches_the_list(tmp_path: Path, monkeypat
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although a cache exists")
 
-    monkeypatch.setattr("datamodules.folder.decode_images", no_decoding)
+    monkeypatch.setattr("ssl_lightning.datamodules.folder.decode_images", no_decoding)
     again = ImageFolderDataModule(tmp_path / "root", **kwargs)
     with pytest.warns(UserWarning, match="skipped 1 image"):
         again.setup("fit")

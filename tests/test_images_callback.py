@@ -10,10 +10,16 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 from PIL import Image
 
-from callbacks import PreviewImages
-from callbacks.images import preview_rows
-from datamodules import Batch, ImageFolderDataModule, PatchMask, Rotations, SimCLRViews
 from ssl_lightning import MaskedReconstruction, RotationPrediction, SimCLR
+from ssl_lightning.callbacks import PreviewImages
+from ssl_lightning.callbacks.images import preview_rows
+from ssl_lightning.datamodules import (
+    Batch,
+    ImageFolderDataModule,
+    PatchMask,
+    Rotations,
+    SimCLRViews,
+)
 from tests.helpers import SAMPLE
 
 CONV = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}

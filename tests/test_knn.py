@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks import KNNMonitor
-from callbacks.knn import gather_variable, knn_predict
-from datamodules import ImageFolderDataModule
+from ssl_lightning.callbacks import KNNMonitor
+from ssl_lightning.callbacks.knn import gather_variable, knn_predict
+from ssl_lightning.datamodules import ImageFolderDataModule
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_linear_probe import CountingMethod, Recorder, two_process_results
 

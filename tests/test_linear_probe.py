@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from callbacks import OnlineLinearProbe
-from datamodules import Batch, ImageFolderDataModule, InMemoryDataModule
+from ssl_lightning.callbacks import OnlineLinearProbe
+from ssl_lightning.datamodules import Batch, ImageFolderDataModule, InMemoryDataModule
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
 from tests.distributed_utils import run_distributed
 from tests.helpers import SAMPLE, tiny_trainer

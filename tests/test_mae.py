@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules import Batch, ImageFolderDataModule, PatchMask, SimCLRViews
-from datamodules.corruptions import normalize
 from ssl_lightning import MAE, create_backbone
 from ssl_lightning.backbones.vit import (
     VisionTransformer,
@@ -16,6 +14,8 @@ from ssl_lightning.backbones.vit import (
     unpatchify,
 )
 from ssl_lightning.cli import main
+from ssl_lightning.datamodules import Batch, ImageFolderDataModule, PatchMask, SimCLRViews
+from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.methods.masked import visible_index
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
@@ -213,7 +213,7 @@ def test_bad_backbones_batches_and_arguments_name_the_fix() -> None:
     with pytest.raises(ValueError, match=r"32x32.*64x64.*backbone_kwargs\.image_size=64"):
         model.pretext_step(_masked_batch(torch.rand(2, 3, 64, 64)))
     views = SimCLRViews()(torch.rand(2, 3, 32, 32), torch.zeros(2), torch.Generator())
-    with pytest.raises(ValueError, match=r"data\.corruption\.class_path=datamodules\.PatchMask"):
+    with pytest.raises(ValueError, match=r"data\.corruption=PatchMask"):
         model.pretext_step(views)
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from datamodules import Batch, PatchMask
-from datamodules.masking import mask_to_pixels, sample_patch_mask
+from ssl_lightning.datamodules import Batch, PatchMask
+from ssl_lightning.datamodules.corruptions.masking import mask_to_pixels, sample_patch_mask
 
 
 def _call(corruption: PatchMask, images: torch.Tensor, seed: int = 0) -> Batch:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules import Batch, CleanView, ImageFolderDataModule, SimCLRViews
 from ssl_lightning import SimCLR, create_backbone
+from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, SimCLRViews
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.optim import LARS, warmup_cosine
 from tests.helpers import SAMPLE, tiny_trainer

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
-from datamodules.corruptions import normalize
-from datamodules.rotation import rotate
 from ssl_lightning import RotationPrediction
 from ssl_lightning.cli import main
+from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
+from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.datamodules.corruptions.rotation import rotate
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}
@@ -95,7 +95,7 @@ def test_bad_arguments_and_batches_name_the_fix() -> None:
         RotationPrediction(**TINY, mode="two")  # type: ignore[arg-type]
     model = RotationPrediction(**TINY)
     clean = Batch(views=[torch.rand(2, 3, 16, 16)], labels=torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"data\.corruption\.class_path=datamodules\.Rotations"):
+    with pytest.raises(ValueError, match=r"data\.corruption=Rotations"):
         model.pretext_step(clean)
 
 

@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from datamodules.batch import Batch
-from datamodules.corruptions import CleanView, Corruption
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import CleanView, Corruption
 from ssl_lightning.optim import LARS, param_groups, scaled_lr, warmup_cosine
 
 

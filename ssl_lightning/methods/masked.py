@@ -1,6 +1,6 @@
 """Masked reconstruction: conv inpainting (context encoders) and MAE on a Vision Transformer.
 
-Both train on :class:`datamodules.PatchMask` batches (masked image, ``[B, h, w]`` patch mask,
+Both train on :class:`~ssl_lightning.datamodules.PatchMask` batches (masked image, patch mask,
 clean target) and reconstruct the hidden patches; they differ in what the encoder sees.
 """
 
@@ -12,10 +12,14 @@ from typing import Any, Literal, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from datamodules.batch import Batch
-from datamodules.corruptions import Corruption
-from datamodules.masking import PatchMask, check_mask_ratio, mask_to_pixels
 from ssl_lightning.backbones.vit import patchify, unpatchify
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.masking import (
+    PatchMask,
+    check_mask_ratio,
+    mask_to_pixels,
+)
 from ssl_lightning.heads import ConvDecoder, MAEDecoder
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
 
@@ -65,7 +69,7 @@ def visible_index(mask: Tensor) -> Tensor:
     if not bool((hidden == hidden[0]).all()):
         raise ValueError(
             f"every image must hide the same number of patches to batch the visible ones, got "
-            f"{sorted(set(hidden.tolist()))}; use datamodules.PatchMask, which hides an exact count"
+            f"{sorted(set(hidden.tolist()))}; use PatchMask, which hides an exact count"
         )
     # A stable sort of 0 (visible) / 1 (hidden) keys puts the visible patches first, in order.
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # [B, N]
@@ -88,7 +92,7 @@ def _require_mask(method: str, batch: Batch) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"{method} needs a patch mask and the clean image in each batch, but the "
             "datamodule's corruption gave neither; unset data.corruption to use the method's "
-            "default (PatchMask), or set data.corruption.class_path=datamodules.PatchMask"
+            "default (PatchMask), or set data.corruption=PatchMask"
         )
     return batch.mask, batch.clean
 
@@ -116,8 +120,8 @@ class MaskedReconstruction(SSLMethod):
         decoder_channels: channels of the decoder's upsampling stages.
         loss: ``"mse"`` or ``"l1"``.
         masked_only: average the loss over the hidden pixels only; ``False`` uses all pixels.
-        patch_size: patch side of the default :class:`~datamodules.PatchMask`.
-        mask_ratio: hidden fraction of the default :class:`~datamodules.PatchMask` (a
+        patch_size: patch side of the default :class:`~ssl_lightning.datamodules.PatchMask`.
+        mask_ratio: hidden fraction of the default :class:`~ssl_lightning.datamodules.PatchMask` (a
             ``data.corruption`` from the config replaces that default, and these two
             arguments with it).
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
@@ -250,7 +254,7 @@ class MAE(SSLMethod):
 
     The encoder is a ViT from the registry (``vit_tiny``, ``vit_small``) that encodes only the
     visible patches (``forward_tokens(images, keep_index)``); the mask comes from
-    :class:`~datamodules.PatchMask` with the ViT's patch size. A
+    :class:`~ssl_lightning.datamodules.PatchMask` with the ViT's patch size. A
     :class:`~ssl_lightning.heads.MAEDecoder` fills the hidden positions with a mask token and
     predicts every patch. The features handed to callbacks come from an extra no-grad pass of
     the encoder over all patches of the clean images, as evaluation sees them.
@@ -259,7 +263,7 @@ class MAE(SSLMethod):
         backbone: registered ViT name or module with ``forward_tokens``, ``patch_size``,
             ``image_size`` and ``grid_size``.
         backbone_kwargs: arguments for the registered backbone (``image_size``, ``depth``, ...).
-        mask_ratio: hidden fraction of the default :class:`~datamodules.PatchMask`.
+        mask_ratio: hidden fraction of the default :class:`~ssl_lightning.datamodules.PatchMask`.
         decoder_dim: decoder width.
         decoder_depth: decoder blocks.
         decoder_num_heads: decoder attention heads.

@@ -7,9 +7,9 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.batch import Batch
-from datamodules.corruptions import Corruption
-from datamodules.rotation import NUM_ROTATIONS, Rotations
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.rotation import NUM_ROTATIONS, Rotations
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
 
@@ -23,8 +23,9 @@ class RotationPrediction(SSLMethod):
     Loss: cross-entropy of ``head(backbone(rotated image))`` against the rotation index
     ``k`` (rotation by ``k * 90`` degrees, ``k = 0..3``).
 
-    The datamodule's :class:`~datamodules.Rotations` makes the rotated copies; all views go
-    through the backbone in one pass. The pretext accuracy is logged as ``train/rotation_acc``.
+    The datamodule's :class:`~ssl_lightning.datamodules.Rotations` makes the rotated copies;
+    all views go through the backbone in one pass. The pretext accuracy is logged as
+    ``train/rotation_acc``.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -32,8 +33,8 @@ class RotationPrediction(SSLMethod):
         head: ``"linear"`` (one Linear layer on the pooled features) or ``"mlp"``
             (Linear-BatchNorm-ReLU-Linear).
         head_hidden_dim: hidden width of the ``"mlp"`` head.
-        mode: rotations of the default :class:`~datamodules.Rotations`: ``"all"`` four copies
-            of every image (the paper's choice) or ``"random"`` one per image.
+        mode: rotations of the default :class:`~ssl_lightning.datamodules.Rotations`: ``"all"``
+            four copies of every image (the paper's choice) or ``"random"`` one per image.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
 
     Examples:
@@ -79,7 +80,7 @@ class RotationPrediction(SSLMethod):
             raise ValueError(
                 f"RotationPrediction needs one rotation index per image of the views "
                 f"({num_images}), got {got}; unset data.corruption to use the default "
-                "(Rotations), or set data.corruption.class_path=datamodules.Rotations"
+                "(Rotations), or set data.corruption=Rotations"
             )
         features = self.embed_views(batch.views)  # [V*B, D], one backbone pass for all views
         logits = self.head(features)  # [V*B, 4]

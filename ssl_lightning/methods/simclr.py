@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-from datamodules.batch import Batch
-from datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning import distributed
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.methods.base import PretextOutput, SSLMethod
@@ -78,7 +78,7 @@ class SimCLR(SSLMethod):
             raise ValueError(
                 f"SimCLR needs >= 2 views per image, but the datamodule's corruption made "
                 f"{num_views}; unset data.corruption to use SimCLRViews, or set "
-                "data.corruption.class_path=datamodules.SimCLRViews"
+                "data.corruption=SimCLRViews"
             )
         if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
             raise ValueError(

@@ -23,8 +23,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from datamodules.base import InMemoryDataModule, Split
-from datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.base import InMemoryDataModule, Split
+from ssl_lightning.datamodules.corruptions import Corruption
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _CACHE_VERSION = 2

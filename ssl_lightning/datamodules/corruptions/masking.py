@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from datamodules.batch import Batch
-from datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions.base import Corruption
 
 __all__ = ["PatchMask", "mask_to_pixels", "sample_patch_mask"]
 

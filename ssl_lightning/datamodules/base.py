@@ -12,8 +12,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from datamodules.batch import Batch
-from datamodules.corruptions import CleanView, Corruption, normalize
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import CleanView, Corruption, normalize
 
 Split = Literal["train", "val"]
 

@@ -12,7 +12,11 @@ import math
 import torch
 from torch import Tensor
 
-from datamodules.corruptions.base import check_probability, check_range, check_strength
+from ssl_lightning.datamodules.corruptions.base import (
+    check_probability,
+    check_range,
+    check_strength,
+)
 
 
 def sample_bernoulli(n: int, p: float, generator: torch.Generator | None = None) -> Tensor:

@@ -15,15 +15,15 @@ Layers, bottom up:
   distributions;
 - :class:`ViewTransform` in :mod:`.recipes` is one view's recipe; corruptions such as
   :class:`SimCLRViews`, :class:`BYOLViews` and :class:`MultiCropViews` turn recipes into the
-  :class:`~datamodules.batch.Batch` a method trains on.
+  :class:`~ssl_lightning.datamodules.batch.Batch` a method trains on.
 
 No op loops over images in Python: ops applied to a random subset (flip, jitter, grayscale,
 blur) index the subset, run once on it, and write it back.
 """
 
-from datamodules.corruptions.base import CleanView, Corruption, normalize
-from datamodules.corruptions.blur import blur_kernel_sizes, gaussian_blur
-from datamodules.corruptions.color import (
+from ssl_lightning.datamodules.corruptions.base import CleanView, Corruption, normalize
+from ssl_lightning.datamodules.corruptions.blur import blur_kernel_sizes, gaussian_blur
+from ssl_lightning.datamodules.corruptions.color import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -33,9 +33,20 @@ from datamodules.corruptions.color import (
     rgb_to_grayscale,
     solarize,
 )
-from datamodules.corruptions.geometry import hflip, resized_crop
-from datamodules.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews, ViewTransform
-from datamodules.corruptions.sampling import (
+from ssl_lightning.datamodules.corruptions.geometry import hflip, resized_crop
+from ssl_lightning.datamodules.corruptions.masking import (
+    PatchMask,
+    mask_to_pixels,
+    sample_patch_mask,
+)
+from ssl_lightning.datamodules.corruptions.recipes import (
+    BYOLViews,
+    MultiCropViews,
+    SimCLRViews,
+    ViewTransform,
+)
+from ssl_lightning.datamodules.corruptions.rotation import Rotations, rotate
+from ssl_lightning.datamodules.corruptions.sampling import (
     sample_bernoulli,
     sample_crop_boxes,
     sample_jitter_factors,
@@ -48,6 +59,8 @@ __all__ = [
     "CleanView",
     "Corruption",
     "MultiCropViews",
+    "PatchMask",
+    "Rotations",
     "SimCLRViews",
     "ViewTransform",
     "adjust_brightness",
@@ -59,12 +72,15 @@ __all__ = [
     "gaussian_blur",
     "grayscale",
     "hflip",
+    "mask_to_pixels",
     "normalize",
     "resized_crop",
     "rgb_to_grayscale",
+    "rotate",
     "sample_bernoulli",
     "sample_crop_boxes",
     "sample_jitter_factors",
+    "sample_patch_mask",
     "sample_permutations",
     "sample_uniform",
     "solarize",

@@ -12,18 +12,18 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from datamodules.batch import Batch
-from datamodules.corruptions.base import (
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions.base import (
     Corruption,
     check_probability,
     check_range,
     check_size,
     check_strength,
 )
-from datamodules.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
-from datamodules.corruptions.color import _color_jitter_, _grayscale_, _solarize_
-from datamodules.corruptions.geometry import resized_crop
-from datamodules.corruptions.sampling import (
+from ssl_lightning.datamodules.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
+from ssl_lightning.datamodules.corruptions.color import _color_jitter_, _grayscale_, _solarize_
+from ssl_lightning.datamodules.corruptions.geometry import resized_crop
+from ssl_lightning.datamodules.corruptions.sampling import (
     sample_bernoulli,
     sample_crop_boxes,
     sample_jitter_factors,

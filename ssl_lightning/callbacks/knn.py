@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.linear_probe import datamodule_num_classes, step_features
 from ssl_lightning import distributed
+from ssl_lightning.callbacks.linear_probe import datamodule_num_classes, step_features
 
 __all__ = ["KNNMonitor", "gather_variable", "knn_predict"]
 

@@ -1,19 +1,19 @@
 """Datamodules that keep images in memory as uint8 and corrupt whole batches on the device."""
 
-from datamodules.base import InMemoryDataModule, InMemoryDataset
-from datamodules.batch import Batch
-from datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
-from datamodules.corruptions import (
+from ssl_lightning.datamodules.base import InMemoryDataModule, InMemoryDataset
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
+from ssl_lightning.datamodules.corruptions import (
     BYOLViews,
     CleanView,
     Corruption,
     MultiCropViews,
+    PatchMask,
+    Rotations,
     SimCLRViews,
     ViewTransform,
 )
-from datamodules.folder import ImageFolderDataModule
-from datamodules.masking import PatchMask
-from datamodules.rotation import Rotations
+from ssl_lightning.datamodules.folder import ImageFolderDataModule
 
 __all__ = [
     "BYOLViews",
