@@ -24,12 +24,9 @@ from ssl_lightning.datamodules import (
     InMemoryDataset,
     SimCLRViews,
 )
-from ssl_lightning.datamodules.base import (
-    EpochShuffleSampler,
-    InMemoryDataModule,
-    ResumableDataLoader,
-    stratified_holdout,
-)
+from ssl_lightning.datamodules.base import InMemoryDataModule
+from ssl_lightning.datamodules.dataset import stratified_holdout
+from ssl_lightning.datamodules.resume import EpochShuffleSampler, ResumableDataLoader
 
 
 class TensorDataModule(InMemoryDataModule):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.datamodules.folder import find_images
+from ssl_lightning.datamodules.decode import find_images
 from tests.helpers import SAMPLE
 
 

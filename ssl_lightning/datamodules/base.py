@@ -1,231 +1,30 @@
-"""In-memory uint8 datamodule: whole-batch indexing on the host, corruption on the device."""
+"""In-memory uint8 datamodule: whole-batch indexing on the host, corruption on the device.
+
+The dataset it serves is in :mod:`ssl_lightning.datamodules.dataset`; the seeded shuffle
+and mid-epoch resume of its training loader are in :mod:`ssl_lightning.datamodules.resume`.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sized
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader
 
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import CleanView, Corruption, normalize
+from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch, stratified_holdout
+from ssl_lightning.datamodules.resume import (
+    EpochPosition,
+    EpochShuffleSampler,
+    ResumableDataLoader,
+    mix_seed,
+)
 
 Split = Literal["train", "val"]
-
-
-class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
-    """A uint8 image tensor ``[N, 3, H, W]`` with labels ``[N]`` that serves whole batches.
-
-    ``DataLoader`` calls ``__getitems__`` with a batch of indices: one tensor index, no
-    per-sample Python work. Any sampler works, Lightning's ``DistributedSampler`` included.
-    The images may be memory-mapped from a file; only the rows of a batch are read.
-
-    Args:
-        images: ``[N, 3, H, W]`` uint8.
-        labels: ``[N]`` integer labels (``-1`` = unlabeled).
-        rows: optional ``[M]`` int64 rows of ``images`` that make up this dataset (a hold-out
-            split shares the image tensor with its training split instead of copying it).
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, rows: Tensor | None = None) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
-            )
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be [{images.shape[0]}], got {tuple(labels.shape)}")
-        self.source_images = images
-        self.source_labels = labels.long()
-        self.rows = rows
-
-    @property
-    def images(self) -> Tensor:
-        """``[M, 3, H, W]`` uint8 images of this dataset (a copy when it is a subset)."""
-        return self.source_images if self.rows is None else self.source_images[self.rows]
-
-    @property
-    def labels(self) -> Tensor:
-        """``[M]`` int64 labels of this dataset."""
-        return self.source_labels if self.rows is None else self.source_labels[self.rows]
-
-    def __len__(self) -> int:
-        return self.source_images.shape[0] if self.rows is None else self.rows.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        row = index if self.rows is None else int(self.rows[index])
-        return self.source_images[row], self.source_labels[row]
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        if self.rows is not None:
-            index = self.rows.index_select(0, index)
-        # index_select gathers whole rows several times faster than advanced indexing.
-        images = self.source_images.index_select(0, index)  # [B, 3, H, W] uint8
-        return images, self.source_labels.index_select(0, index)  # [B]
-
-
-def keep_batch(batch: Any) -> Any:
-    """Collate function for datasets that already return whole batches."""
-    return batch
-
-
-def _mix_seed(*values: int) -> int:
-    """Hashes integers into one 63-bit seed (splitmix64 steps): nearby inputs, unrelated seeds."""
-    mask = (1 << 64) - 1
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = ((h ^ (v & mask)) * 0xBF58476D1CE4E5B9) & mask
-        h = ((h ^ (h >> 31)) * 0x94D049BB133111EB) & mask
-        h ^= h >> 29
-    return h >> 1
-
-
-class EpochShuffleSampler(RandomSampler):
-    """Shuffles with a permutation drawn from ``(seed, epoch)`` alone.
-
-    The order of an epoch is the same on every run and after a resume, whatever else used the
-    global random state. Lightning calls :meth:`set_epoch` before each epoch; without it, each
-    new iteration moves on to the next epoch's order. Under DDP Lightning replaces it with its
-    ``DistributedSampler`` (a ``RandomSampler`` subclass is recognized as shuffled), which is
-    seeded by the global seed and the epoch in the same way.
-
-    Args:
-        data_source: the dataset (only its length is used).
-        seed: base seed of the permutations.
-    """
-
-    def __init__(self, data_source: Sized, seed: int) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Selects the permutation of ``epoch``."""
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
-        self.epoch += 1
-        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
-
-
-class EpochPosition:
-    """How many training batches of which epoch were used, and where a resumed run restarts.
-
-    The datamodule counts the batches the training loop actually consumed (in
-    ``on_after_batch_transfer``); a loader cannot, as Lightning fetches one batch ahead.
-    Loading a saved position marks it pending; the training loader's next epoch-``epoch``
-    iteration takes it and skips that many batches.
-    """
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.batches = 0
-        self._pending: tuple[int, int] | None = None
-
-    def count(self, epoch: int) -> None:
-        """Records one consumed training batch of ``epoch``."""
-        if epoch != self.epoch:
-            self.epoch, self.batches = epoch, 0
-        self.batches += 1
-
-    def has_pending(self) -> bool:
-        return self._pending is not None
-
-    def take_pending(self) -> tuple[int, int] | None:
-        """The restored ``(epoch, batches)`` to skip, once."""
-        pending, self._pending = self._pending, None
-        return pending
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.epoch, self.batches = state_dict["epoch"], state_dict["batches"]
-        self._pending = (self.epoch, self.batches)
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` that continues an epoch where a checkpointed run stopped.
-
-    After a restore (:meth:`EpochPosition.load_state_dict`, from the datamodule's state or
-    from Lightning's loader state), the first iteration of the same epoch (the sampler's
-    ``epoch``, which Lightning sets before batches are fetched) skips the batches already
-    trained on, so the sampler's order, and with it the rest of the epoch, continues exactly.
-    Skipping costs one tensor index per skipped batch. Lightning's ``DistributedSampler``
-    replacement keeps ``position``.
-
-    Args:
-        *args: ``DataLoader`` arguments.
-        position: the datamodule's :class:`EpochPosition`.
-        **kwargs: ``DataLoader`` keyword arguments.
-    """
-
-    def __init__(self, *args: Any, position: EpochPosition | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.position = position if position is not None else EpochPosition()
-
-    def state_dict(self) -> dict[str, int]:
-        return self.position.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.position.load_state_dict(state_dict)
-
-    # After a restore this returns a generator rather than a _BaseDataLoaderIter; Lightning and
-    # torch only ever call next() on the iterator.
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        iterator = super().__iter__()
-        return self._resumed(iterator) if self.position.has_pending() else iterator
-
-    def _resumed(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        # A generator: this runs at the first batch, after Lightning's set_epoch. An iterator
-        # dropped before its first batch leaves the position pending for the next one.
-        pending = self.position.take_pending()
-        if pending is not None:
-            epoch, batches = pending
-            if getattr(self.sampler, "epoch", None) == epoch and 0 < batches < len(self):
-                for _ in range(batches):
-                    next(iterator)
-        yield from iterator
-
-
-def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Splits rows into ``(keep, held_out)``, holding out ``fraction`` of every class.
-
-    ``round(fraction * N)`` rows are held out in all; each class gives ``fraction`` of its
-    rows rounded down, and the rows still missing come from the classes with the largest
-    remainders (largest-remainder rounding), so every class is within one row of its exact
-    share. Which rows of a class go is a uniformly random choice drawn from ``seed`` alone.
-
-    Args:
-        labels: ``[N]`` int labels (``-1`` = unlabeled counts as one class).
-        fraction: share to hold out, in ``(0, 1)``.
-        seed: seed of the choice; the same seed gives the same split on every run.
-
-    Returns:
-        ``([N - K], [K])`` sorted int64 row indices, disjoint, together all ``N`` rows.
-    """
-    generator = torch.Generator().manual_seed(_mix_seed(seed))
-    perm = torch.randperm(labels.shape[0], generator=generator)  # [N]
-    # Rows grouped by class, in random order within each class.
-    grouped = perm[torch.sort(labels[perm], stable=True).indices]  # [N]
-    _, counts = torch.unique(labels, sorted=True, return_counts=True)  # [C]
-    exact = counts.double() * fraction  # [C]
-    take = exact.floor().long()  # [C]
-    missing = math.floor(fraction * labels.shape[0] + 0.5) - int(take.sum())
-    by_remainder = torch.sort(exact - take, descending=True, stable=True).indices
-    take[by_remainder[:missing]] += 1
-    starts = torch.cumsum(counts, 0) - counts  # [C]
-    spans = zip(starts.tolist(), take.tolist(), strict=True)
-    held = torch.cat([grouped[s : s + k] for s, k in spans])
-    keep = torch.ones(labels.shape[0], dtype=torch.bool)
-    keep[held] = False
-    return keep.nonzero()[:, 0], held.sort().values
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -387,7 +186,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _next_generator(self) -> torch.Generator:
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        seed = _mix_seed(self._resolve_seed(), rank, self._batches_drawn)
+        seed = mix_seed(self._resolve_seed(), rank, self._batches_drawn)
         self._batches_drawn += 1
         return torch.Generator().manual_seed(seed)
 

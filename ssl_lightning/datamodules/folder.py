@@ -1,19 +1,15 @@
-"""A user's own image folders, decoded once into a uint8 tensor and cached on disk.
+"""The ``ImageFolderDataModule``: a user's own image folders as an in-memory uint8 dataset.
 
-The cache is a raw ``[N, 3, H, W]`` uint8 file plus a small JSON file (shape, skipped files),
-named by a digest of the folder's file list, sizes and modification times. A second run
-reads it back in one sequential read, or memory-maps it when the images exceed the memory
-budget: folders larger than RAM decode straight into the mapped file and train from it.
+Images are listed and decoded by :mod:`ssl_lightning.datamodules.decode` and cached on disk
+by :mod:`ssl_lightning.datamodules.image_cache`, so a second run starts from the cache.
+Splits that exceed the memory budget are memory-mapped: folders larger than RAM decode
+straight into the mapped cache file and train from it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +17,22 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ssl_lightning.datamodules.base import InMemoryDataModule, Split
 from ssl_lightning.datamodules.corruptions import Corruption
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_CACHE_VERSION = 2
-# What PIL raises on files it cannot read: unknown format, truncated data, bad headers.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def default_cache_dir() -> Path:
-    """``$SSL_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/ssl_lightning``, else ``~/.cache/...``."""
-    if "SSL_LIGHTNING_CACHE" in os.environ:
-        return Path(os.environ["SSL_LIGHTNING_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ssl_lightning"
+from ssl_lightning.datamodules.decode import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    decode_images,
+    drop_rows_,
+    list_images,
+)
+from ssl_lightning.datamodules.image_cache import (
+    cache_path,
+    default_cache_dir,
+    read_cache,
+    write_cache,
+)
 
 
 def default_memory_budget_gb() -> float:
@@ -47,155 +42,6 @@ def default_memory_budget_gb() -> float:
     except (ValueError, OSError, AttributeError):
         return 8.0
     return total / 2 / 1e9
-
-
-def _images_in(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, following links), in path-component order.
-
-    Plain strings from ``os.walk``: for tens of thousands of files, ``Path.rglob`` and
-    ``Path`` objects take seconds, which a cached run would otherwise spend before its first
-    batch.
-    """
-    root = str(folder)
-    found: list[str] = []
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
-        found += [
-            os.path.join(dirpath, name)
-            for name in filenames
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    found.sort(key=lambda path: path.split(os.sep))  # the order of sorted(Path, ...)
-    return found
-
-
-def list_images(split_dir: Path) -> tuple[list[str], list[str], list[int]]:
-    """Like :func:`find_images`, with the files as strings."""
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        unlabeled = _images_in(split_dir)
-        return unlabeled, [], [-1] * len(unlabeled)
-    files: list[str] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = _images_in(split_dir / name)
-        files += found
-        labels += [label] * len(found)
-    return files, classes, labels
-
-
-def find_images(split_dir: Path) -> tuple[list[Path], list[str], list[int]]:
-    """Lists ``split_dir/<class>/**/<image>``: sorted files, sorted class names, label per file.
-
-    A folder with images directly inside and no class sub-folders is unlabeled (label -1).
-    """
-    files, classes, labels = list_images(split_dir)
-    return [Path(f) for f in files], classes, labels
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode as RGB; 16-bit grayscale keeps its top 8 bits instead of clipping at 255."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        high = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
-        img = Image.fromarray(high.astype(np.uint8), mode="L")
-    return img.convert("RGB")
-
-
-def decode_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
-    """Decodes one image to RGB ``[H, W, 3]`` uint8.
-
-    Any mode (grayscale, RGBA, palette, CMYK, 16-bit) is converted to RGB. With ``size``
-    (h, w) the shorter side is resized (antialiased bilinear) and the center cropped to
-    ``size``; without it the image keeps its own size.
-
-    Raises:
-        ValueError: naming the file, when it cannot be decoded.
-    """
-    try:
-        with Image.open(path) as img:
-            if size is not None:
-                img.draft("RGB", (size[1], size[0]))  # JPEG: decode at reduced scale when possible
-            img = _to_rgb(img)
-            if size is not None and img.size != (size[1], size[0]):
-                scale = max(size[0] / img.height, size[1] / img.width)
-                new_w, new_h = (
-                    max(size[1], round(img.width * scale)),
-                    max(size[0], round(img.height * scale)),
-                )
-                img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
-                left, top = (new_w - size[1]) // 2, (new_h - size[0]) // 2
-                img = img.crop((left, top, left + size[1], top + size[0]))
-            return np.array(img, dtype=np.uint8)  # a writable copy
-    except _DECODE_ERRORS as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err
-
-
-def decode_images(
-    files: Sequence[str | Path],
-    out: Tensor,
-    resize: bool,
-    workers: int,
-    skip_bad_files: bool = False,
-    desc: str = "decoding",
-) -> list[int]:
-    """Decodes ``files`` into the rows of ``out`` (``[N, 3, H, W]`` uint8) with a progress bar.
-
-    With ``resize`` every image is resized and center-cropped to ``H x W``; without it every
-    image must already have that size. ``out`` may be memory-mapped.
-
-    Returns:
-        Indices of the files that could not be decoded (their rows are left as they were);
-        always empty unless ``skip_bad_files``, which otherwise raises on the first one.
-    """
-    size = (out.shape[2], out.shape[3])
-    bad: list[int] = []
-
-    def load(i: int) -> None:
-        try:
-            array = decode_image(files[i], size if resize else None)
-        except ValueError as err:
-            if not skip_bad_files:
-                raise ValueError(
-                    f"{err}; fix or remove the file, or set data.skip_bad_files=true to skip "
-                    "files that cannot be decoded"
-                ) from err
-            bad.append(i)  # list.append is atomic under the GIL
-            return
-        if array.shape[:2] != size:
-            raise ValueError(
-                f"image {files[i]} is {array.shape[1]}x{array.shape[0]}, but the first image is "
-                f"{size[1]}x{size[0]}; set data.image_size to resize every image to one size"
-            )
-        out[i] = torch.from_numpy(array).permute(2, 0, 1)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in tqdm(pool.map(load, range(len(files))), total=len(files), desc=desc, unit="img"):
-            pass
-    return sorted(bad)
-
-
-def _drop_rows_(images: Tensor, drop: list[int]) -> Tensor:
-    """Moves the rows not in ``drop`` to the front, in order, in place; returns that prefix."""
-    dropped = set(drop)
-    kept = 0
-    for row in range(images.shape[0]):
-        if row in dropped:
-            continue
-        if row != kept:
-            images[kept] = images[row]  # rows only move forward: never onto an unread row
-        kept += 1
-    return images[:kept]
-
-
-def _read_into(path: Path, out: Tensor) -> None:
-    """Fills the contiguous uint8 tensor ``out`` with the first bytes of ``path``."""
-    view = out.numpy().reshape(-1).data  # a flat, writable memoryview of the tensor
-    with open(path, "rb", buffering=0) as f:
-        filled = 0
-        while filled < len(view):
-            n = f.readinto(view[filled:])
-            if not n:
-                raise OSError(f"{path} ended after {filled} of {len(view)} bytes")
-            filled += n
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -221,7 +67,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         num_workers: loader worker processes.
         mean: per-channel normalization mean (ImageNet's by default).
         std: per-channel normalization std.
-        cache_dir: where decoded tensors are cached; ``None`` = :func:`default_cache_dir`.
+        cache_dir: where decoded tensors are cached; ``None`` =
+            :func:`~ssl_lightning.datamodules.image_cache.default_cache_dir`.
         use_cache: read and write the decoded-image cache. Without it, images over the
             memory budget are decoded into a temporary file in ``cache_dir``.
         decode_workers: threads that decode images (``None`` = number of CPUs).
@@ -322,8 +169,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         nbytes = len(files) * 3 * size[0] * size[1]
         in_memory = nbytes <= self._memory_budget_bytes() - self._bytes_in_memory
         self.memory_mapped[split] = not in_memory
-        cache = self._cache_path(folder, files, size)
-        loaded = self._read_cache(cache, len(files), size, in_memory) if cache else None
+        cache = cache_path(self.cache_dir, folder, files, size) if self.use_cache else None
+        loaded = read_cache(cache, len(files), size, in_memory) if cache else None
         if loaded is None:
             images, bad = self._decode(folder, files, size, in_memory, cache)
         else:
@@ -353,7 +200,7 @@ class ImageFolderDataModule(InMemoryDataModule):
             try:
                 with Image.open(path) as img:
                     return (img.height, img.width)
-            except _DECODE_ERRORS as err:
+            except DECODE_ERRORS as err:
                 if not self.skip_bad_files:
                     raise ValueError(f"cannot decode image {path}: {err}") from err
         raise ValueError(f"none of the {len(files)} images could be decoded ({files[0]}, ...)")
@@ -397,10 +244,10 @@ class ImageFolderDataModule(InMemoryDataModule):
             if tmp is not None and cache is not None:
                 tmp.unlink(missing_ok=True)
             raise
-        images = _drop_rows_(images, bad) if bad else images
+        images = drop_rows_(images, bad) if bad else images
         if cache is not None:
             skipped = [os.path.relpath(files[i], folder) for i in bad]
-            self._write_cache(cache, images, bad, skipped, tmp)
+            write_cache(cache, images, bad, skipped, tmp)
         return images, bad
 
     def _report_bad_files(self, folder: Path, bad: list[Path]) -> None:
@@ -417,61 +264,3 @@ class ImageFolderDataModule(InMemoryDataModule):
             f"skipped {len(bad)} image(s) under {folder} that cannot be decoded "
             f"(skip_bad_files=True):\n  {shown}{more}"
         )
-
-    def _cache_path(self, folder: Path, files: list[str], size: tuple[int, int]) -> Path | None:
-        if not self.use_cache:
-            return None
-        digest = hashlib.sha1(f"{_CACHE_VERSION}|{folder.resolve()}|{size}".encode())
-        prefix = len(str(folder)) + 1
-        for f in files:
-            stat = os.stat(f)
-            digest.update(f"|{f[prefix:]}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return self.cache_dir / f"{folder.name}-{digest.hexdigest()[:20]}.u8"
-
-    @staticmethod
-    def _read_cache(
-        path: Path, num_files: int, size: tuple[int, int], in_memory: bool
-    ) -> tuple[Tensor, list[int]] | None:
-        """The cached images and the indices of skipped files, or ``None`` without a cache."""
-        meta_path = path.with_suffix(".json")
-        try:
-            meta = json.loads(meta_path.read_text())
-            count, skipped = meta["count"], meta["skipped_rows"]
-            shape = (count, 3, *size)
-            nbytes = int(np.prod(shape))
-            if count + len(skipped) != num_files or path.stat().st_size < nbytes:
-                return None
-            if in_memory:
-                images = torch.empty(shape, dtype=torch.uint8)
-                _read_into(path, images)
-            else:
-                images = torch.from_file(str(path), shared=False, size=nbytes, dtype=torch.uint8)
-                images = images.view(shape)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return images, list(skipped)
-
-    @staticmethod
-    def _write_cache(
-        path: Path, images: Tensor, bad: list[int], skipped: list[str], mapped: Path | None
-    ) -> None:
-        """Writes (or, for a mapped file, renames) the data, then the JSON that validates it."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if mapped is not None:
-                mapped.replace(path)  # the mapping follows the file; its pages reach the disk
-            else:
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                images.numpy().tofile(tmp)
-                tmp.replace(path)  # atomic: a reader never sees a half-written cache
-            meta_tmp = path.parent / f"{path.stem}.json.tmp{os.getpid()}"
-            meta = {
-                "version": _CACHE_VERSION,
-                "count": images.shape[0],
-                "skipped_rows": bad,
-                "skipped": skipped,
-            }
-            meta_tmp.write_text(json.dumps(meta))
-            meta_tmp.replace(path.with_suffix(".json"))
-        except OSError as err:
-            rank_zero_warn(f"could not write the image cache {path}: {err}")
