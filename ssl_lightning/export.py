@@ -1,8 +1,9 @@
 """Backbones out of SSL checkpoints: read one, rebuild it, export it as a plain weights file.
 
-An exported file is ``{"name": str, "kwargs": dict, "state_dict": dict[str, Tensor]}`` saved
-with ``torch.save``: only plain types, so ``torch.load(path, weights_only=True)`` reads it, and
-``create_backbone(name, weights=path)`` rebuilds the backbone from it.
+The exported module is the method's ``export_module`` (the backbone; a teacher for methods
+that evaluate it), recorded in the checkpoint. The file format lives in
+:mod:`ssl_lightning.backbones.weights`; ``create_backbone(name, weights=path)`` rebuilds the
+backbone from it.
 
 Examples:
     >>> export_backbone("version_0/checkpoints/last.ckpt", "simclr.pt")  # doctest: +SKIP
@@ -14,8 +15,6 @@ From the command line: ``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
+from ssl_lightning.backbones.weights import check_overwrite, is_weights, write_weights
 
 __all__ = ["BackboneCheckpoint", "backbone_from_checkpoint", "export_backbone", "main"]
 
@@ -35,7 +35,8 @@ class BackboneCheckpoint:
     Attributes:
         name: the registered backbone name (the method's ``backbone`` hyper-parameter).
         kwargs: its ``backbone_kwargs``.
-        state_dict: the ``backbone.*`` weights, without the ``backbone.`` prefix.
+        state_dict: the weights of the method's ``export_module`` (``backbone.*`` unless the
+            checkpoint names another), without that prefix.
     """
 
     name: str
@@ -64,7 +65,7 @@ class BackboneCheckpoint:
                 f"cannot read {str(path)!r} as a Lightning checkpoint ({type(err).__name__}: "
                 f"{err}); pass the .ckpt an SSL pretraining run wrote"
             ) from err
-        if isinstance(ckpt, dict) and set(ckpt) == {"name", "kwargs", "state_dict"}:
+        if is_weights(ckpt):
             raise ValueError(
                 f"{str(path)!r} is an exported weights file, not a Lightning checkpoint; load it "
                 "with create_backbone(name, weights=...) or LinearEvaluation(backbone_weights=...)"
@@ -84,11 +85,12 @@ class BackboneCheckpoint:
                 "`backbone=<registered name>`, or export the backbone yourself with "
                 "create_backbone(...).state_dict()"
             )
-        prefix = "backbone."
+        module = ckpt.get("export_module", "backbone")
+        prefix = f"{module}."
         state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if not state:
             raise ValueError(
-                f"{str(path)!r} has a backbone name ({name!r}) but no 'backbone.*' weights in "
+                f"{str(path)!r} has a backbone name ({name!r}) but no '{module}.*' weights in "
                 "its state_dict; it was not written by an SSLMethod"
             )
         kwargs = dict(hparams.get("backbone_kwargs") or {})
@@ -109,8 +111,8 @@ def backbone_from_checkpoint(path: str | Path) -> nn.Module:
 def export_backbone(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Writes the backbone of an SSL checkpoint as a plain weights file.
 
-    The file appears complete or not at all: it is written to a temporary file in the same
-    folder, then renamed.
+    The file appears complete or not at all (see
+    :func:`~ssl_lightning.backbones.weights.write_weights`).
 
     Args:
         checkpoint: a Lightning ``.ckpt`` of any :class:`SSLMethod`.
@@ -125,28 +127,10 @@ def export_backbone(checkpoint: str | Path, out: str | Path, overwrite: bool = F
         FileNotFoundError, ValueError: see :meth:`BackboneCheckpoint.read`.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(
-            f"{str(out)!r} already exists; pass --overwrite (overwrite=True) to replace it, or "
-            "choose another path"
-        )
+    check_overwrite(out, overwrite)  # before reading a large checkpoint
     source = BackboneCheckpoint.read(checkpoint)
     source.build()  # fail here, not at load time, if the weights do not fit the backbone
-    exported = {
-        "name": source.name,
-        "kwargs": source.kwargs,
-        # Own storage per tensor: a view would save the whole storage it points into.
-        "state_dict": {k: v.detach().clone() for k, v in source.state_dict.items()},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(exported, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_weights(out, source.name, source.kwargs, source.state_dict, overwrite=overwrite)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.backbones.vit import Block, init_transformer_weights, sincos_pos_embed_2d
+from ssl_lightning.layers import Block, init_transformer_weights, sincos_pos_embed_2d
 
 
 class ProjectionHead(nn.Module):

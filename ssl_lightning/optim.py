@@ -1,14 +1,19 @@
-"""Optimizers and schedules: LARS, linear warmup + cosine decay, weight-decay groups."""
+"""Optimizers and schedules: LARS, linear warmup + cosine decay, weight-decay groups, and the
+builders that SSL methods and linear evaluation share. No Lightning import: the helpers that
+need a run's length take the trainer as a plain object."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+OptimizerName = Literal["sgd", "lars", "adamw"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "lars", "adamw")
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -139,3 +144,62 @@ def scaled_lr(lr: float, trainer: Any) -> float:
             "batch size; use a datamodule with one or set model.scale_lr=false"
         )
     return lr * batch_size * trainer.world_size * trainer.accumulate_grad_batches / 256
+
+
+def build_optimizer(
+    name: str,
+    groups: list[dict[str, Any]],
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    lars_eta: float = 1e-3,
+    weight_decay: float = 0.0,
+) -> Optimizer:
+    """SGD (with momentum), LARS or AdamW over parameter groups.
+
+    A group may set ``lr_factor`` (its learning rate is ``lr * lr_factor``), ``weight_decay``
+    (else ``weight_decay``) and, for LARS, ``lars_exclude``. The schedule then scales every
+    group's learning rate by the same factor, so the groups keep their ratios.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {name!r} "
+            "(set model.optimizer)"
+        )
+    resolved = []
+    for group in groups:
+        group = dict(group)
+        group["lr"] = lr * group.pop("lr_factor", 1.0)
+        resolved.append(group)
+    if name == "lars":
+        return LARS(resolved, lr=lr, momentum=momentum, eta=lars_eta, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(resolved, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(resolved, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def schedule_length(trainer: Any) -> tuple[int, int]:
+    """Optimizer steps of the whole run and of one epoch (gradient accumulation counted)."""
+    total = trainer.estimated_stepping_batches
+    if total == float("inf"):
+        raise ValueError(
+            "the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
+        )
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()  # as estimated_stepping_batches does, for per-epoch size
+    batches = trainer.num_training_batches
+    if batches == float("inf"):
+        raise ValueError("warmup_epochs needs a training loader with a length")
+    return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
+
+
+def warmup_cosine_schedule(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, final_factor: float = 0.0
+) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: ``optimizer`` with :func:`warmup_cosine`
+    applied to every group's learning rate after each optimizer step."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, final_factor)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from ssl_lightning import MAE, create_backbone
-from ssl_lightning.backbones.vit import (
-    VisionTransformer,
-    patchify,
-    sincos_pos_embed_2d,
-    unpatchify,
-)
+from ssl_lightning.backbones.vit import VisionTransformer
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import Batch, ImageFolderDataModule, PatchMask, SimCLRViews
 from ssl_lightning.datamodules.corruptions import normalize
-from ssl_lightning.methods.masked import visible_index
+from ssl_lightning.layers import patchify, sincos_pos_embed_2d, unpatchify, visible_index
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY_VIT = {"dim": 32, "depth": 2, "num_heads": 2}

@@ -10,7 +10,7 @@ from ssl_lightning.cli import main
 from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
 from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.heads import ConvDecoder
-from ssl_lightning.methods.masked import reconstruction_loss
+from ssl_lightning.losses import reconstruction_loss
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "decoder_channels": 16}

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ssl_lightning.datamodules import Batch, PatchMask
-from ssl_lightning.datamodules.corruptions.masking import mask_to_pixels, sample_patch_mask
+from ssl_lightning.datamodules.corruptions.masking import sample_patch_mask
+from ssl_lightning.layers import mask_to_pixels
 
 
 def _call(corruption: PatchMask, images: torch.Tensor, seed: int = 0) -> Batch:

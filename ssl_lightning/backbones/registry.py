@@ -25,14 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-import torch
 from torch import nn
+
+from ssl_lightning.backbones.weights import check_request, read_weights
 
 __all__ = [
     "UnknownBackboneError",
     "create_backbone",
     "list_backbones",
-    "read_weights",
     "register_backbone",
     "register_family",
 ]
@@ -130,7 +130,7 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
         name: a registered name (``"resnet18"``) or a family name (``"torchvision/resnet50"``,
             ``"timm/vit_small_patch16_224"``).
         weights: a weights file written by ``ssl-lightning export`` (see
-            :mod:`ssl_lightning.export`). Its recorded name must be ``name``; its recorded
+            `ssl_lightning.backbones.weights`). Its recorded name must be ``name``; its recorded
             keyword arguments fill in the ones not given, and any given must agree with them.
             The state dict is loaded strictly.
         **kwargs: keyword arguments for the factory (e.g. ``width=32`` for the ResNets).
@@ -151,51 +151,11 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
     """
     if weights is None:
         return _build(name, kwargs)
-    exported = read_weights(weights)
-    _check_request(weights, exported, name, kwargs)
-    model = _build(name, {**exported["kwargs"], **kwargs})
-    model.load_state_dict(exported["state_dict"], strict=True)
+    content = read_weights(weights)
+    check_request(weights, content, name, kwargs)
+    model = _build(name, {**content["kwargs"], **kwargs})
+    model.load_state_dict(content["state_dict"], strict=True)
     return model
-
-
-def read_weights(path: str | Path) -> dict[str, Any]:
-    """Reads and validates a weights file written by ``ssl-lightning export``.
-
-    Returns:
-        ``{"name": str, "kwargs": dict, "state_dict": dict[str, Tensor]}``.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if it is not such a file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"backbone weights file {str(path)!r} does not exist; write one with "
-            "`ssl-lightning export CHECKPOINT OUT.pt`"
-        )
-    try:
-        exported = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle error, a truncated zip, a file of another kind
-        raise ValueError(
-            f"{str(path)!r} is not a backbone weights file ({type(err).__name__}: {err}); "
-            "write one with `ssl-lightning export CHECKPOINT OUT.pt`"
-        ) from err
-    keys = {"name", "kwargs", "state_dict"}
-    if (
-        not isinstance(exported, dict)
-        or set(exported) != keys
-        or not isinstance(exported["name"], str)
-        or not isinstance(exported["kwargs"], dict)
-        or not isinstance(exported["state_dict"], dict)
-    ):
-        found = sorted(exported) if isinstance(exported, dict) else type(exported).__name__
-        raise ValueError(
-            f"{str(path)!r} is not a backbone weights file: expected a dict with keys "
-            f"{sorted(keys)}, found {found}. A Lightning checkpoint (.ckpt) is exported with "
-            "`ssl-lightning export CHECKPOINT OUT.pt`"
-        )
-    return exported
 
 
 def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -211,38 +171,6 @@ def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     else:
         candidates = list_backbones()
     raise UnknownBackboneError(_unknown_message(name, candidates))
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: a config's ``[16, 32]`` and a saved ``(16, 32)`` agree."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _check_request(
-    path: str | Path, exported: dict[str, Any], name: str, kwargs: dict[str, Any]
-) -> None:
-    saved_name, saved_kwargs = exported["name"], exported["kwargs"]
-    if saved_name != name:
-        raise ValueError(
-            f"weights file {str(path)!r} holds a {saved_name!r} backbone (kwargs "
-            f"{saved_kwargs}), not {name!r}; call create_backbone({saved_name!r}, "
-            f"weights={str(path)!r})"
-        )
-    differ = {
-        k: v
-        for k, v in kwargs.items()
-        if k not in saved_kwargs or _plain(saved_kwargs[k]) != _plain(v)
-    }
-    if differ:
-        raise ValueError(
-            f"weights file {str(path)!r} was exported from {name!r} with kwargs "
-            f"{saved_kwargs}, but the request asks for {differ}; drop those arguments (the "
-            "file's kwargs are used) or export a backbone built with them"
-        )
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

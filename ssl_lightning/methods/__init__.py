@@ -1,7 +1,9 @@
 """Pretext methods: one file each, all subclasses of :class:`SSLMethod`."""
 
-from ssl_lightning.methods.base import PretextOutput, SSLMethod, StepOutput
-from ssl_lightning.methods.masked import MAE, MaskedReconstruction
+from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.mae import MAE
+from ssl_lightning.methods.masked_reconstruction import MaskedReconstruction
+from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.methods.rotation import RotationPrediction
 from ssl_lightning.methods.simclr import SimCLR
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -11,42 +10,36 @@ from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import CleanView, Corruption
-from ssl_lightning.optim import LARS, param_groups, scaled_lr, warmup_cosine
-
-
-@dataclass
-class PretextOutput:
-    """What a method's :meth:`SSLMethod.pretext_step` returns.
-
-    Attributes:
-        loss: scalar pretext loss.
-        features: ``[N, D]`` pooled backbone features the loss was computed from.
-        labels: ``[N]`` class labels of those features (``-1`` = unlabeled).
-        metrics: extra scalars to log under ``train/<name>``.
-    """
-
-    loss: Tensor
-    features: Tensor
-    labels: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-
-
-class StepOutput(TypedDict):
-    """``training_step``'s output, read by callbacks (no second forward pass needed)."""
-
-    loss: Tensor
-    features: Tensor  # [N, D], detached
-    labels: Tensor  # [N]
+from ssl_lightning.datamodules import Batch, CleanView, Corruption
+from ssl_lightning.methods.outputs import PretextOutput, StepOutput
+from ssl_lightning.optim import (
+    OPTIMIZERS,
+    OptimizerName,
+    build_optimizer,
+    param_groups,
+    scaled_lr,
+    schedule_length,
+    warmup_cosine_schedule,
+)
 
 
 class SSLMethod(L.LightningModule):
-    """Base of all pretext methods: holds the backbone, the optimizer recipe and the step template.
+    """Base of all pretext methods: the backbone, the optimizer recipe and the step template.
 
     A subclass builds its heads in ``__init__``, names its corruption in
-    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`; everything else
-    (logging, the outputs callbacks read, optimizers and schedules) lives here.
+    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`. Hooks for
+    methods with more moving parts (BYOL, MoCo, DINO):
+
+    - :meth:`after_optimizer_step` runs once after each real optimizer step (not per batch
+      under gradient accumulation): the place for EMA teacher updates.
+    - :attr:`progress` is the share of the run's optimizer steps done, in ``[0, 1]``, for
+      momentum and temperature schedules (see :mod:`ssl_lightning.momentum`).
+    - :meth:`configure_param_groups` returns the optimizer's groups; a group may set
+      ``lr_factor``, ``weight_decay`` and ``lars_exclude``.
+    - :meth:`embed_views` embeds views with the backbone or any other encoder (a teacher).
+    - :attr:`export_module` names the submodule that ``ssl-lightning export`` writes.
+    - :attr:`pretext_settings` maps corruption attributes this method owns to their config
+      keys: a configured ``data.corruption`` that disagrees is an error naming both.
 
     Args:
         backbone: a registered backbone name (see ``list_backbones()``) or a module that
@@ -61,15 +54,18 @@ class SSLMethod(L.LightningModule):
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         final_lr_factor: the cosine decay ends at ``lr * final_lr_factor``.
         scale_lr: multiply ``lr`` by global batch size / 256 (Goyal et al. 2017).
-        channels_last: run the backbone in channels-last memory format (faster on GPUs).
+        channels_last: run the network in channels-last memory format (faster on GPUs).
         compile: compile the backbone with ``torch.compile``.
     """
+
+    export_module: ClassVar[str] = "backbone"
+    pretext_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
         backbone: str | nn.Module = "resnet18",
         backbone_kwargs: dict[str, Any] | None = None,
-        optimizer: Literal["sgd", "lars", "adamw"] = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.1,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
@@ -83,7 +79,7 @@ class SSLMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
-        if optimizer not in ("sgd", "lars", "adamw"):
+        if optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be 'sgd', 'lars' or 'adamw', got {optimizer!r} "
                 "(set model.optimizer)"
@@ -99,51 +95,71 @@ class SSLMethod(L.LightningModule):
         self.num_features = num_features_of(backbone)
         self.backbone = backbone
         self.optimizer_name = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.betas = betas
-        self.lars_eta = lars_eta
-        self.warmup_epochs = warmup_epochs
-        self.final_lr_factor = final_lr_factor
-        self.scale_lr = scale_lr
-        self.channels_last = channels_last
-        self.compile_backbone = compile
+        self.lr, self.weight_decay, self.momentum = lr, weight_decay, momentum
+        self.betas, self.lars_eta = betas, lars_eta
+        self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
+        self.scale_lr, self.channels_last, self.compile_backbone = scale_lr, channels_last, compile
+        self._total_steps: int | None = None
 
     def default_corruption(self) -> Corruption:
         """The corruption the datamodule applies when its config sets none."""
         return CleanView()
 
-    def setup(self, stage: str) -> None:
-        if self.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        if self.compile_backbone:
-            self.backbone.compile()
+    def check_corruption(self, corruption: Corruption) -> None:
+        """Raises if a configured corruption disagrees with a setting this method owns."""
+        for name, key in self.pretext_settings.items():
+            mine, theirs = getattr(self, name), getattr(corruption, name, None)
+            if theirs is not None and theirs != mine:
+                raise ValueError(
+                    f"data.corruption has {name}={theirs!r}, but {key}={mine!r}; the method "
+                    f"owns {name}: set {key}={theirs!r} and leave it out of data.corruption "
+                    "(or unset data.corruption to use the method's default)"
+                )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Pooled backbone features: ``[B, 3, H, W] -> [B, num_features]``."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+    def pretext_step(self, batch: Batch) -> PretextOutput:
+        """Computes the pretext loss of one training batch; subclasses implement it."""
+        raise NotImplementedError
 
-    def embed_views(self, views: list[Tensor]) -> Tensor:
-        """Pooled features of all views, ``[V * B, num_features]`` in view order.
+    def after_optimizer_step(self) -> None:
+        """Runs once after each optimizer step (e.g. an EMA update); does nothing by default."""
 
-        Consecutive views of one size share a single backbone pass (``torch.cat`` then split):
-        one pass for SimCLR's two views, one per resolution for multi-crop.
-        """
+    @property
+    def progress(self) -> float:
+        """Optimizer steps done over the run's total, in ``[0, 1]`` (0 without a trainer)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        if self._total_steps is None:
+            self._total_steps = schedule_length(trainer)[0]
+        return min(1.0, trainer.global_step / max(1, self._total_steps))
+
+    def configure_param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: trainable parameters, no decay on ``ndim <= 1``."""
+        return param_groups(self, self.weight_decay)
+
+    def embed_views(self, views: list[Tensor], encoder: nn.Module | None = None) -> Tensor:
+        """Pooled features of all views, ``[V * B, D]`` in view order, by ``encoder`` (the
+        backbone by default). Consecutive views of one size share one pass (``torch.cat``,
+        then split): one pass for SimCLR's two views, one per resolution for multi-crop."""
+        encoder = self.backbone if encoder is None else encoder
         features, start = [], 0
         while start < len(views):
             end = start + 1
             while end < len(views) and views[end].shape == views[start].shape:
                 end += 1
-            features.append(self(torch.cat(views[start:end])))
+            features.append(encoder(self._memory_format(torch.cat(views[start:end]))))
             start = end
         return torch.cat(features)
 
-    def pretext_step(self, batch: Batch) -> PretextOutput:
-        """Computes the pretext loss of one training batch; subclasses implement it."""
-        raise NotImplementedError
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.compile_backbone:
+            self.backbone.compile()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled backbone features: ``[B, 3, H, W] -> [B, num_features]``."""
+        return self.backbone(self._memory_format(x))
 
     def training_step(self, batch: Batch, batch_idx: int) -> StepOutput:
         out = self.pretext_step(batch)
@@ -158,38 +174,24 @@ class SSLMethod(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
-        groups = param_groups(self, self.weight_decay)
-        optimizer: torch.optim.Optimizer
-        if self.optimizer_name == "lars":
-            optimizer = LARS(groups, lr=lr, momentum=self.momentum, eta=self.lars_eta)
-        elif self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.momentum)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
-
-        total_steps, steps_per_epoch = self._schedule_length()
-        warmup_steps = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
-        final = self.final_lr_factor
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, final)
+        optimizer = build_optimizer(
+            self.optimizer_name,
+            self.configure_param_groups(),
+            lr,
+            momentum=self.momentum,
+            betas=self.betas,
+            lars_eta=self.lars_eta,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        self._total_steps, steps_per_epoch = schedule_length(self.trainer)
+        warmup = min(self._total_steps, round(self.warmup_epochs * steps_per_epoch))
+        return warmup_cosine_schedule(optimizer, warmup, self._total_steps, self.final_lr_factor)
 
-    def _schedule_length(self) -> tuple[int, int]:
-        """Optimizer steps in the whole run and per epoch."""
-        trainer = self.trainer
-        total = trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError(
-                "the cosine schedule needs a finite run: set trainer.max_epochs or "
-                "trainer.max_steps"
-            )
-        if trainer.train_dataloader is None:
-            trainer.fit_loop.setup_data()  # as estimated_stepping_batches does, for per-epoch size
-        batches = trainer.num_training_batches
-        if batches == float("inf"):
-            raise ValueError("warmup_epochs needs a training loader with a length")
-        return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["export_module"] = self.export_module
+
+    def _memory_format(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

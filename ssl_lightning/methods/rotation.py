@@ -11,7 +11,9 @@ from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption
 from ssl_lightning.datamodules.corruptions.rotation import NUM_ROTATIONS, Rotations
 from ssl_lightning.heads import ProjectionHead
-from ssl_lightning.methods.base import PretextOutput, SSLMethod
+from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.optim import OptimizerName
 
 __all__ = ["RotationPrediction"]
 
@@ -33,13 +35,16 @@ class RotationPrediction(SSLMethod):
         head: ``"linear"`` (one Linear layer on the pooled features) or ``"mlp"``
             (Linear-BatchNorm-ReLU-Linear).
         head_hidden_dim: hidden width of the ``"mlp"`` head.
-        mode: rotations of the default :class:`~ssl_lightning.datamodules.Rotations`: ``"all"``
-            four copies of every image (the paper's choice) or ``"random"`` one per image.
+        mode: rotations of the :class:`~ssl_lightning.datamodules.Rotations`: ``"all"`` four
+            copies of every image (the paper's choice) or ``"random"`` one per image. The
+            method owns it: a configured ``data.corruption`` must agree.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
 
     Examples:
         >>> model = RotationPrediction(backbone="resnet18", head="mlp")
     """
+
+    pretext_settings = {"mode": "model.mode"}
 
     def __init__(
         self,
@@ -48,7 +53,7 @@ class RotationPrediction(SSLMethod):
         head: Literal["linear", "mlp"] = "linear",
         head_hidden_dim: int = 512,
         mode: Literal["all", "random"] = "all",
-        optimizer: Literal["sgd", "lars", "adamw"] = "sgd",
+        optimizer: OptimizerName = "sgd",
         lr: float = 0.1,
         weight_decay: float = 5e-4,
         **kwargs: Any,

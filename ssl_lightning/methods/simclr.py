@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -11,7 +11,9 @@ from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import nt_xent
-from ssl_lightning.methods.base import PretextOutput, SSLMethod
+from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.optim import OptimizerName
 
 
 class SimCLR(SSLMethod):
@@ -44,7 +46,7 @@ class SimCLR(SSLMethod):
         proj_num_layers: int = 2,
         temperature: float = 0.2,
         gather_distributed: bool = True,
-        optimizer: Literal["sgd", "lars", "adamw"] = "lars",
+        optimizer: OptimizerName = "lars",
         lr: float = 0.4,
         weight_decay: float = 1e-5,
         warmup_epochs: float = 10.0,

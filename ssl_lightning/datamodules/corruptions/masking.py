@@ -15,8 +15,9 @@ from torch import Tensor
 
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions.base import Corruption
+from ssl_lightning.layers import mask_to_pixels
 
-__all__ = ["PatchMask", "mask_to_pixels", "sample_patch_mask"]
+__all__ = ["PatchMask", "check_mask_ratio", "mask_to_pixels", "require_mask", "sample_patch_mask"]
 
 Fill = Literal["zero", "noise", "mean"]
 
@@ -51,12 +52,6 @@ def sample_patch_mask(
     mask = torch.zeros(batch, num_patches, dtype=torch.bool)
     mask.scatter_(1, order[:, :num_masked], True)
     return mask.view(batch, height, width)
-
-
-def mask_to_pixels(mask: Tensor, patch_size: int) -> Tensor:
-    """Expands a ``[B, h, w]`` patch mask to pixels: ``[B, 1, h * patch_size, w * patch_size]``."""
-    pixels = mask.repeat_interleave(patch_size, dim=1).repeat_interleave(patch_size, dim=2)
-    return pixels.unsqueeze(1)
 
 
 def check_mask_ratio(mask_ratio: float, setting: str) -> None:
@@ -158,3 +153,15 @@ class PatchMask(Corruption):
             )  # [B, 3, 1, 1]
             masked = torch.where(hidden, mean, images)
         return Batch(views=[masked], labels=labels, mask=mask, clean=images)
+
+
+def require_mask(batch: Batch, method: str) -> tuple[Tensor, Tensor]:
+    """The ``[B, h, w]`` patch mask and ``[B, 3, H, W]`` clean image of a :class:`PatchMask`
+    batch, or an error telling the user of ``method`` how to get them."""
+    if batch.mask is None or batch.clean is None:
+        raise ValueError(
+            f"{method} needs a patch mask and the clean image in each batch, but the "
+            "datamodule's corruption gave neither; unset data.corruption to use the method's "
+            "default (PatchMask), or set data.corruption=PatchMask"
+        )
+    return batch.mask, batch.clean
