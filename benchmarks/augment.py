@@ -30,7 +30,12 @@ from torch import Tensor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption, SimCLRViews  # noqa: E402
+from ssl_lightning.datamodules.corruptions import (  # noqa: E402
+    BYOLViews,
+    Corruption,
+    SimCLRViews,
+    ViewTransform,
+)
 
 SIZE = 32
 BLUR_KERNEL = 13
@@ -167,7 +172,12 @@ def main() -> None:
 
     recipes = {
         "SimCLR": SimCLRViews(num_views=2),
-        "BYOL": BYOLViews(blur_p=BLUR_P, solarize_p=SOLARIZE_P, blur_kernel_size=BLUR_KERNEL),
+        "BYOL": BYOLViews(
+            *(
+                ViewTransform(blur_p=b, solarize_p=s, blur_kernel_size=BLUR_KERNEL)
+                for b, s in zip(BLUR_P, SOLARIZE_P, strict=True)
+            )
+        ),
     }
     print(
         f"\n{len(images)} images x 2 views, {SIZE}x{SIZE}, torch threads={args.threads}, "

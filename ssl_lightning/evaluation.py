@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of, read_weights
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
+from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews, ViewTransform
 from ssl_lightning.export import backbone_from_checkpoint
 from ssl_lightning.optim import scaled_lr, warmup_cosine
 
@@ -128,7 +128,7 @@ class LinearEvaluation(L.LightningModule):
 
     def default_corruption(self) -> Corruption:
         """Light augmentation for the classifier: random resized crop and flip, no color ops."""
-        return SimCLRViews(num_views=1, jitter_p=0.0, grayscale_p=0.0)
+        return SimCLRViews(num_views=1, view=ViewTransform(jitter_p=0.0, grayscale_p=0.0))
 
     def setup(self, stage: str) -> None:
         if self.head is None:

@@ -39,6 +39,17 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def byol_views(**common) -> BYOLViews:
+    """BYOLViews' default per-view recipes, with the fields ``common`` changed in both."""
+    view1, view2 = BYOLViews().views
+    return BYOLViews(replace(view1, **common), replace(view2, **common))
+
+
+def multicrop_view(**changes) -> ViewTransform:
+    """MultiCropViews' default global recipe with the fields ``changes`` changed."""
+    return replace(MultiCropViews().global_view, **changes)
+
+
 def rand_images(batch: int, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=gen(seed))
 
@@ -421,7 +432,7 @@ def test_off_ops_draw_nothing_so_older_recipes_keep_their_views():
 
 
 def test_byol_views_are_asymmetric_with_the_papers_probabilities():
-    corruption = BYOLViews(size=16)
+    corruption = byol_views(size=16)
     first, second = corruption.views
     assert (first.blur_p, second.blur_p) == (1.0, 0.1)
     assert (first.solarize_p, second.solarize_p) == (0.0, 0.2)
@@ -438,7 +449,7 @@ def test_byol_views_are_asymmetric_with_the_papers_probabilities():
 def test_byol_second_view_solarizes_about_a_fifth_of_the_images():
     # Flat mid-gray images: every view is the same gray unless solarized (0.6 -> 0.4).
     images = torch.full((2000, 3, 8, 8), 0.6)
-    corruption = BYOLViews(jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0))
+    corruption = byol_views(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
     first, second = corruption(images, torch.zeros(2000), gen()).views
     assert (first - 0.6).abs().max() < 1e-5
     solarized = ((second - 0.4).abs() < 1e-5).flatten(1).all(1).float().mean()
@@ -446,7 +457,9 @@ def test_byol_second_view_solarizes_about_a_fifth_of_the_images():
 
 
 def test_multicrop_views_global_then_local():
-    corruption = MultiCropViews(num_global=2, num_local=3, local_size=12, blur_p=0.0)
+    corruption = MultiCropViews(
+        num_global=2, num_local=3, global_view=multicrop_view(blur_p=0.0), local_size=12
+    )
     images = rand_images(4, 32, 32)
     batch = corruption(images, torch.arange(4), gen())
     assert [tuple(v.shape) for v in batch.views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 12, 12)] * 3
@@ -455,27 +468,30 @@ def test_multicrop_views_global_then_local():
     assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in batch.views)
     # The default local size is SwAV's 96/224 of the global size.
     sizes = {
-        v.shape[-1] for v in MultiCropViews(global_size=28)(images, torch.arange(4), gen()).views
+        v.shape[-1]
+        for v in MultiCropViews(global_view=multicrop_view(size=28))(
+            images, torch.arange(4), gen()
+        ).views
     }
     assert sizes == {28, 12}
 
 
 def test_multicrop_global_size_larger_than_the_images_names_both():
-    corruption = MultiCropViews(global_size=64, local_size=24)
+    corruption = MultiCropViews(global_view=multicrop_view(size=64), local_size=24)
     with pytest.raises(ValueError, match=r"global_size=64 is larger than the 32x32") as info:
         corruption(rand_images(2), torch.zeros(2), gen())
     assert "data.image_size" in str(info.value)
     with pytest.raises(ValueError, match=r"size=48 is larger than the 32x40"):
-        SimCLRViews(size=48)(rand_images(2, 32, 40), torch.zeros(2), gen())
+        SimCLRViews(view=ViewTransform(size=48))(rand_images(2, 32, 40), torch.zeros(2), gen())
     with pytest.raises(ValueError, match=r"local_size=32 must be smaller than global_size=32"):
-        MultiCropViews(global_size=32, local_size=32)
+        MultiCropViews(global_view=multicrop_view(size=32), local_size=32)
 
 
 @pytest.mark.parametrize(("num_views", "size"), [(2, None), (3, 16)])
 def test_simclr_views(num_views, size):
     images = rand_images(8, 32, 40)
     labels = torch.arange(8)
-    batch = SimCLRViews(num_views=num_views, size=size)(images, labels, gen())
+    batch = SimCLRViews(num_views=num_views, view=ViewTransform(size=size))(images, labels, gen())
     expected_hw = (32, 40) if size is None else (size, size)
     assert len(batch.views) == num_views
     assert torch.equal(batch.labels, labels)
@@ -517,7 +533,10 @@ def test_view_transform_float64():
 )
 def test_bad_arguments_raise(kwargs, name):
     with pytest.raises(ValueError, match=name) as info:
-        SimCLRViews(**kwargs)
+        if "num_views" in kwargs:
+            SimCLRViews(**kwargs)
+        else:
+            SimCLRViews(view=ViewTransform(**kwargs))
     # The message also shows the bad value.
     value = next(iter(kwargs.values()))
     assert repr(value) in str(info.value)
@@ -528,10 +547,15 @@ def test_bad_arguments_raise(kwargs, name):
     [
         (lambda: ViewTransform(solarize_p=-0.2), r"solarize_p=-0.2 is not a probability"),
         (lambda: ViewTransform(solarize_threshold=1.5), r"solarize_threshold=1.5"),
-        (lambda: BYOLViews(blur_p=(1.0, 1.5)), r"blur_p\[1\]=1.5 is not a probability"),
-        (lambda: BYOLViews(solarize_p=(-0.1, 0.2)), r"solarize_p\[0\]=-0.1"),
-        (lambda: BYOLViews(solarize_p=(0.1,)), r"one value per view"),
-        (lambda: MultiCropViews(blur_p=2.0), r"blur_p=2.0 is not a probability"),
+        (
+            lambda: BYOLViews(view2=ViewTransform(blur_p=1.5)),
+            r"blur_p=1.5 is not a probability",
+        ),
+        (lambda: BYOLViews(view1=ViewTransform(solarize_p=-0.1)), r"solarize_p=-0.1"),
+        (
+            lambda: MultiCropViews(global_view=multicrop_view(blur_p=2.0)),
+            r"blur_p=2.0 is not a probability",
+        ),
         (lambda: MultiCropViews(num_global=0), r"num_global=0"),
         (lambda: MultiCropViews(num_local=-1), r"num_local=-1"),
         (lambda: MultiCropViews(local_scale=(0.5, 0.1)), r"crop_scale"),
@@ -578,7 +602,11 @@ def test_public_ops_leave_their_input_untouched():
 
 @pytest.mark.parametrize(
     "corruption",
-    [SimCLRViews(size=16), BYOLViews(size=16), MultiCropViews(num_local=2, solarize_p=0.5)],
+    [
+        SimCLRViews(view=ViewTransform(size=16)),
+        byol_views(size=16),
+        MultiCropViews(num_local=2, global_view=multicrop_view(solarize_p=0.5)),
+    ],
 )
 def test_views_stay_on_the_images_device(corruption):
     """Meta tensors fail on any op that mixes in a parameter left on the CPU."""

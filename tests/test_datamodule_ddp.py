@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ssl_lightning import SimCLR
-from ssl_lightning.datamodules import SimCLRViews
+from ssl_lightning.datamodules import SimCLRViews, ViewTransform
 from ssl_lightning.datamodules.base import InMemoryDataModule
 
 N, WORLD, BATCH, EPOCHS = 64, 2, 8, 2
@@ -57,7 +57,9 @@ def test_ddp_ranks_train_on_disjoint_shards_that_cover_the_dataset(tmp_path: Pat
         enable_model_summary=False,
     )
     model = SimCLR(backbone="convnet", backbone_kwargs={"width": 8}, proj_hidden_dim=32)
-    data = NumberedImages(batch_size=BATCH, corruption=SimCLRViews(size=16), seed=0)
+    data = NumberedImages(
+        batch_size=BATCH, corruption=SimCLRViews(view=ViewTransform(size=16)), seed=0
+    )
     trainer.fit(model, data)
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ssl_lightning import SimCLR
-from ssl_lightning.datamodules import ImageFolderDataModule, SimCLRViews
+from ssl_lightning.datamodules import ImageFolderDataModule, SimCLRViews, ViewTransform
 from tests.helpers import SAMPLE
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}, "proj_hidden_dim": 32}
@@ -65,7 +65,10 @@ def _fit(tmp_path: Path, max_steps: int, stop: int | None = None, ckpt_path=None
         limit_val_batches=0,
     )
     data = ImageFolderDataModule(
-        SAMPLE, batch_size=16, cache_dir=tmp_path / "cache", corruption=SimCLRViews(size=16)
+        SAMPLE,
+        batch_size=16,
+        cache_dir=tmp_path / "cache",
+        corruption=SimCLRViews(view=ViewTransform(size=16)),
     )
     trainer.fit(SimCLR(**TINY, lr=0.05), data, ckpt_path=ckpt_path)
     return recorder

@@ -13,8 +13,9 @@ Layers, bottom up:
   ``color_jitter``, ``grayscale``, ``solarize``), :mod:`.blur` (``gaussian_blur``);
 - the ``sample_*`` functions in :mod:`.sampling` draw those parameters with torchvision's
   distributions;
-- :class:`ViewTransform` in :mod:`.recipes` is one view's recipe; corruptions such as
-  :class:`SimCLRViews`, :class:`BYOLViews` and :class:`MultiCropViews` turn recipes into the
+- :class:`ViewTransform` in :mod:`.view` is one view's recipe, built from the ops and samplers;
+- the corruptions in :mod:`.recipes`, :class:`SimCLRViews`, :class:`BYOLViews` and
+  :class:`MultiCropViews`, take ``ViewTransform`` values and turn them into the
   :class:`~ssl_lightning.datamodules.batch.Batch` a method trains on.
 
 No op loops over images in Python: ops applied to a random subset (flip, jitter, grayscale,
@@ -39,12 +40,7 @@ from ssl_lightning.datamodules.corruptions.masking import (
     mask_to_pixels,
     sample_patch_mask,
 )
-from ssl_lightning.datamodules.corruptions.recipes import (
-    BYOLViews,
-    MultiCropViews,
-    SimCLRViews,
-    ViewTransform,
-)
+from ssl_lightning.datamodules.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews
 from ssl_lightning.datamodules.corruptions.rotation import Rotations, rotate
 from ssl_lightning.datamodules.corruptions.sampling import (
     sample_bernoulli,
@@ -53,6 +49,7 @@ from ssl_lightning.datamodules.corruptions.sampling import (
     sample_permutations,
     sample_uniform,
 )
+from ssl_lightning.datamodules.corruptions.view import ViewTransform
 
 __all__ = [
     "BYOLViews",

@@ -1,0 +1,153 @@
+"""One view's augmentation recipe, :class:`ViewTransform`, the unit every view corruption composes.
+
+:class:`~ssl_lightning.datamodules.corruptions.recipes.SimCLRViews`, ``BYOLViews`` and
+``MultiCropViews`` take :class:`ViewTransform` values: a new op is a new field with an "off"
+default, and every corruption gets it without a new argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ssl_lightning.datamodules.corruptions.base import (
+    check_probability,
+    check_range,
+    check_size,
+    check_strength,
+)
+from ssl_lightning.datamodules.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
+from ssl_lightning.datamodules.corruptions.color import _color_jitter_, _grayscale_, _solarize_
+from ssl_lightning.datamodules.corruptions.geometry import resized_crop
+from ssl_lightning.datamodules.corruptions.sampling import (
+    sample_bernoulli,
+    sample_crop_boxes,
+    sample_jitter_factors,
+    sample_permutations,
+    sample_uniform,
+)
+
+
+@dataclass(frozen=True)
+class ViewTransform:
+    """One view's augmentation recipe: crop -> flip -> jitter -> grayscale -> blur -> solarize.
+
+    The SimCLR recipe (https://arxiv.org/abs/2002.05709) by default; blur and solarization
+    (BYOL, https://arxiv.org/abs/2006.07733) are off by default. Every image draws its own
+    parameters from the caller's CPU generator; the parameters of an op that is off are not
+    drawn, so adding an op leaves the views of recipes without it unchanged.
+
+    Attributes:
+        size: output side length; ``None`` keeps the input size. Must not exceed the input's
+            shorter side (a view is a crop, not an upsampling of the whole image).
+        crop_scale: (min, max) fraction of the image area kept by the random crop.
+        crop_ratio: (min, max) aspect ratio ``w / h`` of the crop.
+        flip_p: probability of a horizontal flip.
+        jitter_p: probability of color jitter.
+        brightness: brightness strength; factor from ``U[max(0, 1 - s), 1 + s]``.
+        contrast: contrast strength, same rule.
+        saturation: saturation strength, same rule.
+        hue: hue strength in ``[0, 0.5]``; shift from ``U[-hue, hue]`` turns.
+        grayscale_p: probability of converting to grayscale.
+        blur_p: probability of a Gaussian blur.
+        blur_sigma: (min, max) of the blur's standard deviation in pixels, drawn uniformly.
+        blur_kernel_size: odd kernel size; ``None`` uses ``2 * ceil(3 * sigma) + 1`` per image.
+        solarize_p: probability of solarization.
+        solarize_threshold: pixels at or above it are inverted, in ``[0, 1]``.
+
+    Examples:
+        >>> view = ViewTransform(size=32, blur_p=0.5)
+        >>> view(torch.rand(8, 3, 32, 32), torch.Generator().manual_seed(0)).shape
+        torch.Size([8, 3, 32, 32])
+    """
+
+    size: int | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_size: int | None = None
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_size("size", self.size)
+        check_range("crop_scale", self.crop_scale)
+        check_range("crop_ratio", self.crop_ratio)
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            check_probability(name, getattr(self, name))
+        for name in ("brightness", "contrast", "saturation"):
+            check_strength(name, getattr(self, name))
+        check_strength("hue", self.hue, maximum=0.5)
+        check_range("blur_sigma", self.blur_sigma)
+        k = self.blur_kernel_size
+        if k is not None and (k < 1 or k % 2 == 0):
+            raise ValueError(
+                f"blur_kernel_size={k!r} is invalid: expected an odd positive int, or None to "
+                "derive it from sigma."
+            )
+        if not 0.0 <= self.solarize_threshold <= 1.0:
+            raise ValueError(
+                f"solarize_threshold={self.solarize_threshold!r} is invalid: expected a value "
+                "in [0, 1] (images are in [0, 1] when augmented)."
+            )
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Augments every image with its own random parameters.
+
+        Args:
+            images: ``[B, 3, H, W]`` float in ``[0, 1]``, on any device.
+            generator: CPU generator to draw the parameters from.
+
+        Returns:
+            ``[B, 3, size, size]`` (or ``[B, 3, H, W]``) views in ``[0, 1]``.
+        """
+        batch, _, height, width = images.shape
+        if self.size is not None and self.size > min(height, width):
+            raise ValueError(
+                f"view size={self.size} is larger than the {height}x{width} training images; "
+                f"lower the corruption's size, or give the images at least {self.size} pixels "
+                "a side (data.image_size for image folders)"
+            )
+        size = (height, width) if self.size is None else (self.size, self.size)
+        boxes = sample_crop_boxes(
+            batch, height, width, self.crop_scale, self.crop_ratio, generator
+        )  # [B, 4]
+        flip = sample_bernoulli(batch, self.flip_p, generator)  # [B]
+        jitter = sample_bernoulli(batch, self.jitter_p, generator)  # [B]
+        factors = sample_jitter_factors(
+            batch, self.brightness, self.contrast, self.saturation, self.hue, generator
+        )  # [B, 4]
+        order = sample_permutations(batch, 4, generator)  # [B, 4]
+        gray = sample_bernoulli(batch, self.grayscale_p, generator)  # [B]
+
+        # resized_crop returns a new tensor, so the other ops can work on it in place.
+        views = resized_crop(images, boxes, size, flip=flip)
+        _color_jitter_(views, factors, order, jitter)
+        _grayscale_(views, gray)
+        if self.blur_p > 0.0:
+            blur = sample_bernoulli(batch, self.blur_p, generator)  # [B]
+            sigma = sample_uniform(batch, self.blur_sigma, generator)  # [B]
+            kernel = self._kernel_sizes(sigma, size)  # [B]
+            # Bilinear weights sum to one only up to rounding: blur inputs in [0, 1] as well.
+            blur_(views.clamp_(0.0, 1.0), sigma, kernel, blur)
+        if self.solarize_p > 0.0:
+            solarize = sample_bernoulli(batch, self.solarize_p, generator)  # [B]
+            _solarize_(views.clamp_(0.0, 1.0), self.solarize_threshold, solarize)
+        return views.clamp_(0.0, 1.0)
+
+    def _kernel_sizes(self, sigma: Tensor, size: tuple[int, int]) -> Tensor:
+        if self.blur_kernel_size is None:
+            return blur_kernel_sizes(sigma, max_size=2 * min(size) - 1)
+        kernel = torch.full_like(sigma, self.blur_kernel_size, dtype=torch.long)
+        check_kernel_size(kernel, *size)
+        return kernel
