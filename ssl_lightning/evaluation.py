@@ -11,11 +11,17 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.backbones.registry import num_features_of, read_weights
+from ssl_lightning.backbones.registry import num_features_of
+from ssl_lightning.backbones.weights import read_weights
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews, ViewTransform
 from ssl_lightning.export import backbone_from_checkpoint
-from ssl_lightning.optim import scaled_lr, warmup_cosine
+from ssl_lightning.optim import (
+    build_optimizer,
+    scaled_lr,
+    schedule_length,
+    warmup_cosine_schedule,
+)
 
 __all__ = ["LinearEvaluation"]
 
@@ -200,30 +206,18 @@ class LinearEvaluation(L.LightningModule):
     def configure_optimizers(self) -> Any:
         assert self.head is not None
         lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
-        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": lr}]
+        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters())}]
         if self.fine_tune:
             backbone_params = list(self.backbone.parameters())
-            groups.append({"params": backbone_params, "lr": lr * self.backbone_lr_factor})
-        optimizer: torch.optim.Optimizer
-        if self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(
-                groups, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
-            )
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.weight_decay)
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError(
-                "the cosine schedule needs a finite run: set trainer.max_epochs or "
-                "trainer.max_steps"
-            )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, 0, int(total))
+            groups.append({"params": backbone_params, "lr_factor": self.backbone_lr_factor})
+        optimizer = build_optimizer(
+            self.optimizer_name,
+            groups,
+            lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return warmup_cosine_schedule(optimizer, 0, schedule_length(self.trainer)[0])
 
     def _check_labels(self, labels: Tensor) -> Tensor:
         """Labels ``[B]``: ``-1`` (unlabeled) is ignored; out-of-range labels are an error."""

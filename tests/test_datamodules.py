@@ -54,6 +54,7 @@ class FakeTrainer:
         self.training = training
         self.global_rank = rank
         self.lightning_module = model
+        self.loggers: list = []
 
 
 def test_dataset_serves_whole_batches_by_indexing() -> None:

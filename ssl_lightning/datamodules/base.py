@@ -100,6 +100,8 @@ class InMemoryDataModule(L.LightningDataModule):
         return int(self.train_set.source_labels.max().item()) + 1
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None:
+            self.train_corruption()  # a corruption that disagrees with the model fails here
         if self.train_set is not None:
             return
         loaded = self.load_split("train")
@@ -170,13 +172,24 @@ class InMemoryDataModule(L.LightningDataModule):
         return out.map_images(lambda t: normalize(t, self.mean, self.std))
 
     def train_corruption(self) -> Corruption:
-        """The corruption applied to training batches (config's, else the model's default)."""
-        if self.corruption is not None:
-            return self.corruption
+        """The corruption of training batches, resolved once: the configured one (checked by
+        the model's ``check_corruption`` against the settings the model owns), else the model's
+        ``default_corruption()``. It is logged, given to the loggers as the ``corruption``
+        hyper-parameter and saved in checkpoints (``state_dict()["corruption"]``)."""
         if self._resolved_corruption is None:
             model = self.trainer.lightning_module if self.trainer is not None else None
-            default = getattr(model, "default_corruption", None)
-            self._resolved_corruption = default() if callable(default) else CleanView()
+            if self.corruption is not None:
+                check = getattr(model, "check_corruption", None)
+                if callable(check):
+                    check(self.corruption)
+                corruption = self.corruption
+            else:
+                default = getattr(model, "default_corruption", None)
+                corruption = default() if callable(default) else CleanView()
+            self._resolved_corruption = corruption
+            rank_zero_info(f"{type(self).__name__}: training corruption {corruption!r}")
+            for logger in self.trainer.loggers if self.trainer is not None else []:
+                logger.log_hyperparams({"corruption": repr(corruption)})
         return self._resolved_corruption
 
     def _resolve_seed(self) -> int:
@@ -195,6 +208,7 @@ class InMemoryDataModule(L.LightningDataModule):
             "seed": self._base_seed,
             "batches_drawn": self._batches_drawn,
             "position": self._position.state_dict(),
+            "corruption": repr(self._resolved_corruption),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
