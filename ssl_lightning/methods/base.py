@@ -32,8 +32,9 @@ class SSLMethod(L.LightningModule):
 
     - :meth:`after_optimizer_step` runs once after each real optimizer step (not per batch
       under gradient accumulation): the place for EMA teacher updates.
-    - :attr:`progress` is the share of the run's optimizer steps done, in ``[0, 1]``, for
-      momentum and temperature schedules (see :mod:`ssl_lightning.momentum`).
+    - :attr:`progress` is ``k / K`` during optimizer step ``k`` (0-based) of ``K``, in the
+      training step and in the hook alike: the clock of momentum and temperature schedules
+      (see :mod:`ssl_lightning.momentum`).
     - :meth:`configure_param_groups` returns the optimizer's groups; a group may set
       ``lr_factor``, ``weight_decay`` and ``lars_exclude``.
     - :meth:`embed_views` embeds views with the backbone or any other encoder (a teacher).
@@ -125,7 +126,8 @@ class SSLMethod(L.LightningModule):
 
     @property
     def progress(self) -> float:
-        """Optimizer steps done over the run's total, in ``[0, 1]`` (0 without a trainer)."""
+        """Optimizer steps done before the current one over the run's total, in ``[0, 1]``
+        (0 without a trainer)."""
         trainer = self._trainer
         if trainer is None:
             return 0.0

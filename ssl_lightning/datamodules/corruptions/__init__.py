@@ -16,7 +16,10 @@ Layers, bottom up:
 - :class:`ViewTransform` in :mod:`.view` is one view's recipe, built from the ops and samplers;
 - the corruptions in :mod:`.recipes`, :class:`SimCLRViews`, :class:`BYOLViews` and
   :class:`MultiCropViews`, take ``ViewTransform`` values and turn them into the
-  :class:`~ssl_lightning.datamodules.batch.Batch` a method trains on.
+  :class:`~ssl_lightning.datamodules.batch.Batch` a method trains on;
+- the pretext corruptions: :class:`PatchMask` in :mod:`.masking` (random patch masks, the
+  clean image as target) and :class:`Rotations` in :mod:`.rotation` (rotated copies, the
+  rotation index as target).
 
 No op loops over images in Python: ops applied to a random subset (flip, jitter, grayscale,
 blur) index the subset, run once on it, and write it back.
@@ -37,7 +40,6 @@ from ssl_lightning.datamodules.corruptions.color import (
 from ssl_lightning.datamodules.corruptions.geometry import hflip, resized_crop
 from ssl_lightning.datamodules.corruptions.masking import (
     PatchMask,
-    mask_to_pixels,
     sample_patch_mask,
 )
 from ssl_lightning.datamodules.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews
@@ -69,7 +71,6 @@ __all__ = [
     "gaussian_blur",
     "grayscale",
     "hflip",
-    "mask_to_pixels",
     "normalize",
     "resized_crop",
     "rgb_to_grayscale",

@@ -17,7 +17,7 @@ from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions.base import Corruption
 from ssl_lightning.layers import mask_to_pixels
 
-__all__ = ["PatchMask", "check_mask_ratio", "mask_to_pixels", "require_mask", "sample_patch_mask"]
+__all__ = ["PatchMask", "check_mask_ratio", "require_mask", "sample_patch_mask"]
 
 Fill = Literal["zero", "noise", "mean"]
 

@@ -1,0 +1,70 @@
+"""The layering rules of docs/architecture.md, checked on the source: building blocks and
+backbones import no Lightning, datamodules know no method or callback, methods know no
+callback; and files stay small enough to hold one concern."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "ssl_lightning"
+BLOCKS = ["layers.py", "losses.py", "heads.py", "optim.py", "momentum.py", "distributed.py"]
+
+
+def _sources(*parts: str) -> list[Path]:
+    found: list[Path] = []
+    for part in parts:
+        path = PACKAGE / part
+        found += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _offending(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    bad = {}
+    for path in paths:
+        hits = sorted(name for name in _imports(path) if any(name.startswith(f) for f in forbidden))
+        if hits:
+            bad[str(path.relative_to(PACKAGE))] = hits
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("parts", "forbidden"),
+    [
+        (
+            [*BLOCKS, "backbones", "datamodules/corruptions", "datamodules/batch.py"],
+            ("lightning", "pytorch_lightning", "torchmetrics"),
+        ),
+        (
+            [*BLOCKS, "backbones"],
+            ("ssl_lightning.methods", "ssl_lightning.datamodules", "ssl_lightning.callbacks"),
+        ),
+        (
+            ["datamodules"],
+            ("ssl_lightning.methods", "ssl_lightning.callbacks", "ssl_lightning.evaluation"),
+        ),
+        (["methods"], ("ssl_lightning.callbacks", "ssl_lightning.evaluation")),
+    ],
+    ids=["blocks-no-lightning", "blocks-no-upper-layers", "datamodules", "methods"],
+)
+def test_layering(parts: list[str], forbidden: tuple[str, ...]) -> None:
+    assert _offending(_sources(*parts), forbidden) == {}
+
+
+def test_one_concern_per_file() -> None:
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _sources(".")}
+    assert {name: n for name, n in sizes.items() if n > 300} == {}
+    assert sizes["methods/base.py"] < 200
