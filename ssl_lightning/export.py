@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.backbones.weights import check_overwrite, is_weights, write_weights
+from ssl_lightning.backbones.weights import (
+    check_overwrite,
+    is_weights,
+    load_plain,
+    write_weights,
+)
 
 __all__ = ["BackboneCheckpoint", "backbone_from_checkpoint", "export_backbone", "main"]
 
@@ -53,18 +57,12 @@ class BackboneCheckpoint:
                 from a registered backbone name.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {str(path)!r} does not exist; pass the .ckpt an SSL pretraining run "
-                "wrote (lightning_logs/version_N/checkpoints/*.ckpt)"
-            )
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a pickle error, a truncated zip, a file of another kind
-            raise ValueError(
-                f"cannot read {str(path)!r} as a Lightning checkpoint ({type(err).__name__}: "
-                f"{err}); pass the .ckpt an SSL pretraining run wrote"
-            ) from err
+        ckpt = load_plain(
+            path,
+            "Lightning checkpoint",
+            "pass the .ckpt an SSL pretraining run wrote "
+            "(lightning_logs/version_N/checkpoints/*.ckpt)",
+        )
         if is_weights(ckpt):
             raise ValueError(
                 f"{str(path)!r} is an exported weights file, not a Lightning checkpoint; load it "

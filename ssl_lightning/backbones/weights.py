@@ -20,11 +20,25 @@ __all__ = [
     "check_overwrite",
     "check_request",
     "is_weights",
+    "load_plain",
     "read_weights",
     "write_weights",
 ]
 
 WEIGHTS_KEYS = frozenset({"name", "kwargs", "state_dict"})
+
+
+def load_plain(path: Path, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a missing or unreadable file is an
+    error that says ``what`` the file should be and how to ``fix`` it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a pickle error, a truncated zip, a file of another kind
+        raise ValueError(
+            f"cannot read {str(path)!r} as a {what} ({type(err).__name__}: {err}); {fix}"
+        ) from err
 
 
 def is_weights(content: Any) -> bool:
@@ -93,18 +107,9 @@ def read_weights(path: str | Path) -> dict[str, Any]:
         ValueError: if it is not such a file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"backbone weights file {str(path)!r} does not exist; write one with "
-            "`ssl-lightning export CHECKPOINT OUT.pt`"
-        )
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle error, a truncated zip, a file of another kind
-        raise ValueError(
-            f"{str(path)!r} is not a backbone weights file ({type(err).__name__}: {err}); "
-            "write one with `ssl-lightning export CHECKPOINT OUT.pt`"
-        ) from err
+    content = load_plain(
+        path, "backbone weights file", "write one with `ssl-lightning export CHECKPOINT OUT.pt`"
+    )
     if not is_weights(content):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(
