@@ -12,7 +12,8 @@ class ProjectionHead(nn.Module):
     """MLP projection head: ``num_layers - 1`` blocks of Linear-BatchNorm-ReLU, then a Linear.
 
     SimCLR (arXiv:2002.05709) trains its contrastive loss on this projection and keeps the
-    features before it.
+    features before it; BYOL, SimSiam, MoCo v3, Barlow Twins and VICReg use the same shape
+    for their projectors and predictors (SimSiam and MoCo v3 with ``last_batch_norm``).
 
     Args:
         in_dim: input features ``D_in`` (the backbone's ``num_features``).
@@ -20,6 +21,8 @@ class ProjectionHead(nn.Module):
         out_dim: output features ``D_out``.
         num_layers: number of Linear layers, >= 1.
         batch_norm: BatchNorm after each hidden Linear (SimCLR v2, solo-learn do).
+        last_batch_norm: a non-affine BatchNorm after the last Linear (SimSiam's projector,
+            MoCo v3's projector).
 
     Shapes: ``[B, D_in] -> [B, D_out]``.
 
@@ -37,6 +40,7 @@ class ProjectionHead(nn.Module):
         out_dim: int = 128,
         num_layers: int = 2,
         batch_norm: bool = True,
+        last_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -49,7 +53,9 @@ class ProjectionHead(nn.Module):
                 layers.append(nn.BatchNorm1d(hidden_dim))
             layers.append(nn.ReLU(inplace=True))
             dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim))
+        layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
+        if last_batch_norm:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

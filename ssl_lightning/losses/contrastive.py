@@ -1,8 +1,6 @@
-"""Self-supervised losses: pure functions of tensors, no Lightning."""
+"""Contrastive losses: an embedding against positives and negatives, gathered from all ranks."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +8,7 @@ from torch import Tensor
 
 from ssl_lightning import distributed
 
-__all__ = ["LossKind", "nt_xent", "reconstruction_loss"]
-
-LossKind = Literal["mse", "l1"]
+__all__ = ["nt_xent"]
 
 
 def nt_xent(z: Tensor, temperature: float = 0.2, gather_distributed: bool = True) -> Tensor:
@@ -66,29 +62,3 @@ def nt_xent(z: Tensor, temperature: float = 0.2, gather_distributed: bool = True
     # Masked entries are -inf; zero them before the product so 0 * -inf never appears.
     positive_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
     return -(positive_log_prob.sum(1) / (num_views - 1)).mean()
-
-
-def reconstruction_loss(
-    pred: Tensor, target: Tensor, weight: Tensor | None = None, kind: LossKind = "mse"
-) -> Tensor:
-    """Mean squared (or absolute) error, over the positions where ``weight`` is set.
-
-    Args:
-        pred: predictions, any shape ``S``.
-        target: targets, shape ``S``.
-        weight: 0/1 (or bool) weights broadcastable to ``S``, e.g. a ``[B, 1, H, W]`` pixel
-            mask for ``[B, 3, H, W]`` images; ``None`` averages over everything.
-        kind: ``"mse"`` or ``"l1"``.
-
-    Returns:
-        Scalar ``sum(weight * err) / sum(weight)``, counted over the broadcast shape.
-
-    Examples:
-        >>> reconstruction_loss(torch.ones(2, 3), torch.zeros(2, 3), torch.tensor([[1], [0]]))
-        tensor(1.)
-    """
-    err = (pred - target).square() if kind == "mse" else (pred - target).abs()
-    if weight is None:
-        return err.mean()
-    weight = weight.to(err.dtype).expand_as(err)
-    return (err * weight).sum() / weight.sum()
