@@ -105,8 +105,28 @@ def test_vit_size_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match=r"patch_size=5.*image_size=32"):
         create_backbone("vit_tiny", patch_size=5)
     model = create_backbone("vit_tiny", **TINY_VIT)
-    with pytest.raises(ValueError, match=r"32x32.*64x64.*backbone_kwargs\.image_size"):
-        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"18x18.*patch_size=4.*data\.corruption.*local_size"):
+        model(torch.randn(1, 3, 18, 18))
+    with pytest.raises(ValueError, match=r"backbone_kwargs\.patch_size"):
+        model(torch.randn(1, 3, 32, 22))
+
+
+@pytest.mark.parametrize("size", [(16, 16), (64, 64), (16, 24)])
+def test_vit_on_another_size_equals_a_vit_built_for_it(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = create_backbone("vit_tiny", **TINY_VIT).eval()  # built for 32x32
+    x = torch.randn(2, 3, *size)
+    if size[0] == size[1]:
+        built = create_backbone("vit_tiny", **TINY_VIT, image_size=size[0]).eval()
+        built.load_state_dict(model.state_dict())  # same weights; positions are not saved
+        torch.testing.assert_close(model.forward_features(x), built.forward_features(x))
+    grid = (size[0] // 4, size[1] // 4)
+    expected = sincos_pos_embed_2d(*grid, 32)[None]  # the formula for this grid, row-major
+    torch.testing.assert_close(
+        model.embed_patches(x), model.patch_embed(x).flatten(2).mT + expected
+    )
+    assert model.pos_embed_for(*grid) is model.pos_embed_for(*grid)  # computed once per grid
+    assert model(x).shape == (2, 32) and model(torch.randn(1, 3, 32, 32)).shape == (1, 32)
 
 
 # --- MAE ---------------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ __all__ = ["VisionTransformer", "vit_small", "vit_tiny"]
 class VisionTransformer(nn.Module):
     """ViT encoder: patch embedding, class token, fixed 2D sin-cos positions, pre-norm blocks.
 
-    Built for one image size: ``image_size / patch_size`` patches per side, and inputs of
-    another size raise an error naming the argument to change.
+    Built for ``image_size`` (``image_size / patch_size`` patches per side) but accepts any
+    input whose sides ``patch_size`` divides: the positions are fixed sin-cos functions of the
+    patch grid, so another grid (DINO's small local crops) gets its own, computed once per grid
+    and cached. MAE, whose decoder is built for one grid, checks the exact size itself.
 
     Args:
-        image_size: side of the square input images.
+        image_size: side of the square images the ViT is built for (its ``grid_size``).
         patch_size: side of a square patch; must divide ``image_size``.
         dim: token width ``D``.
         depth: number of transformer blocks.
@@ -47,6 +49,8 @@ class VisionTransformer(nn.Module):
         torch.Size([2, 65, 64])
         >>> model.forward_tokens(torch.randn(2, 3, 32, 32), torch.tensor([[0, 5], [1, 2]])).shape
         torch.Size([2, 3, 64])
+        >>> model(torch.randn(2, 3, 16, 16)).shape  # a 4x4 grid of patches
+        torch.Size([2, 64])
     """
 
     num_prefix_tokens = 1
@@ -84,6 +88,8 @@ class VisionTransformer(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(*self.grid_size, dim).unsqueeze(0), persistent=False
         )  # [1, N, D]
+        # Other grids' positions; a plain dict, so they stay out of state dicts too.
+        self._pos_embed_cache: dict[tuple[int, int], Tensor] = {}
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
@@ -93,15 +99,34 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
 
     def embed_patches(self, x: Tensor) -> Tensor:
-        """Patch tokens with positions, before any block: ``[B, 3, H, W] -> [B, N, D]``."""
-        if x.shape[-2:] != (self.image_size, self.image_size):
+        """Patch tokens with positions, before any block: ``[B, 3, H, W] -> [B, N, D]``, with
+        ``N = (H / patch_size) * (W / patch_size)``."""
+        height, width, patch = x.shape[-2], x.shape[-1], self.patch_size
+        if height % patch or width % patch:
             raise ValueError(
-                f"this ViT was built for {self.image_size}x{self.image_size} images, got "
-                f"{x.shape[-2]}x{x.shape[-1]}; set model.backbone_kwargs.image_size (or resize "
-                "the images with data.image_size)"
+                f"a {height}x{width} input does not split into {patch}x{patch} patches: "
+                f"patch_size={patch} must divide both sides; make the view sizes multiples of "
+                f"{patch} (data.corruption's local_size or view size, or data.image_size), or "
+                "set model.backbone_kwargs.patch_size to a divisor of them"
             )
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, D]
-        return tokens + self.pos_embed
+        return tokens + self.pos_embed_for(height // patch, width // patch)
+
+    def pos_embed_for(self, grid_h: int, grid_w: int) -> Tensor:
+        """Sin-cos positions ``[1, grid_h * grid_w, D]`` of a patch grid, row-major: the built
+        buffer for the built grid, else computed once per grid (in the buffer's device and
+        dtype) and cached."""
+        if (grid_h, grid_w) == self.grid_size:
+            return self.pos_embed
+        cached = self._pos_embed_cache.get((grid_h, grid_w))
+        if cached is None or (cached.device, cached.dtype) != (
+            self.pos_embed.device,
+            self.pos_embed.dtype,
+        ):
+            cached = sincos_pos_embed_2d(grid_h, grid_w, self.num_features).unsqueeze(0)
+            cached = cached.to(self.pos_embed)
+            self._pos_embed_cache[(grid_h, grid_w)] = cached
+        return cached
 
     def forward_tokens(self, x: Tensor, keep_index: Tensor | None = None) -> Tensor:
         """Encodes the class token and the patches ``keep_index`` selects (all by default).
