@@ -1,143 +1,199 @@
-"""Does pretraining help? SimCLR on real CIFAR-10, then linear evaluation against random init.
+"""Does pretraining help? Every method on real CIFAR-10 for a fixed time, then the same frozen
+evaluation against the same network untrained.
 
-1. Pretrains SimCLR for a short CPU budget on the CIFAR-10 JPEG tree (``--pretrain-steps``
-   batches, online linear probe attached).
-2. Runs the same :class:`LinearEvaluation` protocol (frozen backbone, BatchNorm + linear head,
-   SGD + cosine, crop + flip) on the pretrained backbone and on a randomly initialized
-   backbone of the same architecture, and scores both on the full 10,000-image test split.
+For each ``--method`` (any method class exported by ``ssl_lightning.methods``, or ``all``):
 
-The defaults fit in about 15 minutes on 2 CPU cores and use a subset of the training data
-(printed with the results); on a GPU raise the steps and epochs.
+1. pretrains it for ``--minutes`` of wall-clock time (or ``--steps`` steps) on the 50,000
+   training images of the CIFAR-10 JPEG tree, with the method's own default corruption and
+   hyper-parameters except the warmup, which is 10% of the run (a method's GPU warmup of 10
+   epochs would cover the whole budget);
+2. evaluates the backbone it exports (the teacher for DINO) with
+   :func:`ssl_lightning.evaluation.frozen_evaluation`: features of the clean train and test
+   images computed once, a linear classifier (weight decay chosen on a held-out 10% of the
+   train features) and a kNN classifier (k=200, T=0.1), scored on the 10,000 test images.
 
-    python benchmarks/probe_quality.py --data-dir ../shared/data/cifar10-jpeg
+The random-init row evaluates the same architecture untrained, with the same protocol. Each
+finished row is appended to ``--out`` (JSON lines), so methods can run one at a time; the
+table printed at the end covers every row in that file.
+
+    python benchmarks/probe_quality.py --data-dir ../shared/data/cifar10-jpeg --method all
+    python benchmarks/probe_quality.py --method SimCLR --method BYOL --minutes 7
+    python benchmarks/probe_quality.py --method MAE --backbone vit_tiny \
+        --backbone-kwargs '{"dim": 96, "depth": 4, "num_heads": 3}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 
-from ssl_lightning import LinearEvaluation, SimCLR
-from ssl_lightning.callbacks import OnlineLinearProbe
+from ssl_lightning import create_backbone, methods
 from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.evaluation import frozen_evaluation
+from ssl_lightning.methods import SSLMethod
+
+METHODS = {
+    name: cls
+    for name in methods.__all__
+    if isinstance(cls := getattr(methods, name), type)
+    and issubclass(cls, SSLMethod)
+    and cls is not SSLMethod
+}
 
 
-def trainer(root: Path, **kwargs: object) -> L.Trainer:
-    defaults: dict[str, object] = dict(
+def _trainer(root: Path, **kwargs: Any) -> L.Trainer:
+    return L.Trainer(
         accelerator="auto",
         devices=1,
         default_root_dir=root,
         logger=False,
+        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
     )
-    return L.Trainer(**{**defaults, **kwargs})
+
+
+def _build(args: argparse.Namespace, name: str, total_steps: int, epoch_steps: int) -> SSLMethod:
+    overrides = {k: v for k, v in args.set.items() if k.startswith(f"{name}.")}
+    kwargs = {k.split(".", 1)[1]: v for k, v in overrides.items()}
+    kwargs.setdefault("warmup_epochs", 0.1 * total_steps / epoch_steps)
+    return METHODS[name](backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, **kwargs)
+
+
+def _steps_in_budget(args: argparse.Namespace, name: str, data: ImageFolderDataModule) -> int:
+    """Steps that fit in ``--minutes``, timed on a short run of the same setup."""
+    epoch_steps = len(data.train_set or []) // args.batch_size
+    model = _build(args, name, 1000, epoch_steps)
+    times: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *_: Any) -> None:
+            times.append(time.perf_counter())
+
+    _trainer(args.out.parent / "calibration", max_steps=8, callbacks=[Clock()]).fit(model, data)
+    per_step = (times[-1] - times[2]) / (len(times) - 3)  # after the first batches' warm-up
+    return max(1, int(args.minutes * 60 / per_step))
+
+
+def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule) -> dict:
+    assert data.train_set is not None
+    epoch_steps = len(data.train_set) // args.batch_size
+    total = args.steps or _steps_in_budget(args, name, data)
+    L.seed_everything(args.seed)
+    model = _build(args, name, total, epoch_steps)
+    limit = {} if args.steps else {"max_time": timedelta(minutes=args.minutes)}
+    trainer = _trainer(args.out.parent / name, max_steps=total, **limit)
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    seconds = time.perf_counter() - start
+    steps = trainer.global_step
+    loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    print(f"{name}: {steps} steps in {seconds:.0f} s, final loss {loss:.4f}")
+    backbone = getattr(model, model.export_module)
+    return {
+        "method": name,
+        "steps": steps,
+        "seconds": round(seconds, 1),
+        "images_per_s": round(steps * args.batch_size / seconds, 1),
+        "final_loss": loss,
+        **evaluate(backbone, data),
+    }
+
+
+def evaluate(
+    args: argparse.Namespace, backbone: torch.nn.Module, data: ImageFolderDataModule
+) -> dict:
+    assert data.train_set is not None and data.val_set is not None
+    start = time.perf_counter()
+    result = frozen_evaluation(
+        backbone,
+        data.train_set.images,
+        data.train_set.labels,
+        data.val_set.images,
+        data.val_set.labels,
+        data.mean,
+        data.std,
+    )
+    print(f"  frozen evaluation in {time.perf_counter() - start:.0f} s: {result}")
+    return {
+        "linear_top1": result.linear_top1,
+        "linear_top5": result.linear_top5,
+        "knn_top1": result.knn_top1,
+        "weight_decay": result.weight_decay,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n| method | steps | images/s | linear top-1 | linear top-5 | kNN top-1 |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        steps = r.get("steps", "-")
+        speed = r.get("images_per_s", "-")
+        print(
+            f"| {r['method']} | {steps} | {speed} | {r['linear_top1']:.1%} | "
+            f"{r['linear_top5']:.1%} | {r['knn_top1']:.1%} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
-    parser.add_argument("--out", default="benchmark_logs/probe_quality", help="run folder")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--width", type=int, default=8, help="backbone width")
+    parser.add_argument("--method", action="append", help="a method class name, or 'all'")
+    parser.add_argument("--minutes", type=float, default=7.0, help="pretraining budget")
+    parser.add_argument("--steps", type=int, default=0, help="a step budget instead of minutes")
+    parser.add_argument("--backbone", default="convnet")
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={"width": 32, "depth": 4})
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=0.6, help="SimCLR LARS lr per 256 images")
-    parser.add_argument("--temperature", type=float, default=0.2)
-    parser.add_argument("--eval-epochs", type=int, default=4)
     parser.add_argument(
-        "--eval-train-batches", type=int, default=40, help="training batches per eval epoch"
+        "--set",
+        type=lambda s: dict([s.split("=", 1)]),
+        action="append",
+        default=[],
+        help="a method argument, e.g. BYOL.lr=0.5 (JSON values)",
     )
-    parser.add_argument("--eval-lr", type=float, default=0.5, help="linear eval lr per 256")
+    parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmark_logs/probe_quality/results.jsonl")
+    )
     args = parser.parse_args()
-    root = Path(args.out)
-    backbone_kwargs = {"width": args.width}
+    args.set = {k: json.loads(v) for d in args.set for k, v in d.items()}
+    names = list(METHODS) if "all" in (args.method or []) else (args.method or [])
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)} or 'all'")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_float32_matmul_precision("high")
 
-    def data() -> ImageFolderDataModule:
-        return ImageFolderDataModule(args.data_dir, batch_size=args.batch_size)
-
-    L.seed_everything(args.seed)
-    start = time.perf_counter()
-    dm = data()
-    dm.setup("fit")  # decodes (or reads the cache) before the clock of the pretraining starts
-    assert dm.train_set is not None and dm.val_set is not None
-    num_train, num_test = len(dm.train_set), len(dm.val_set)
-    print(f"data: {num_train} train / {num_test} test images ({time.perf_counter() - start:.0f} s)")
-
-    start = time.perf_counter()
-    simclr = SimCLR(
-        backbone=args.backbone,
-        backbone_kwargs=backbone_kwargs,
-        proj_hidden_dim=512,
-        temperature=args.temperature,
-        lr=args.lr,
-        warmup_epochs=0.1,
-    )
-    probe = OnlineLinearProbe()
-    pretrain = trainer(
-        root / "pretrain",
-        max_steps=args.pretrain_steps,
-        limit_val_batches=0,
-        callbacks=[probe],
-    )
-    pretrain.fit(simclr, dm)
-    ckpt = root / "simclr.ckpt"
-    pretrain.save_checkpoint(ckpt)
-    pretrain_s = time.perf_counter() - start
-    probe_acc = float(pretrain.callback_metrics.get("probe/train_acc", float("nan")))
-    print(f"pretrained {args.pretrain_steps} steps in {pretrain_s:.0f} s")
-
-    results = []
-    for label, model_kwargs in (
-        ("SimCLR pretrained", {"backbone_checkpoint": str(ckpt)}),
-        ("random init", {"backbone": args.backbone, "backbone_kwargs": backbone_kwargs}),
-    ):
-        L.seed_everything(args.seed)
-        start = time.perf_counter()
-        model = LinearEvaluation(lr=args.eval_lr, **model_kwargs)  # type: ignore[arg-type]
-        evaluation = trainer(
-            root / "linear",
-            max_epochs=args.eval_epochs,
-            limit_train_batches=args.eval_train_batches,
-            check_val_every_n_epoch=args.eval_epochs,
-            enable_checkpointing=False,
-        )
-        evaluation.fit(model, data())
-        metrics = evaluation.callback_metrics
-        results.append(
-            (
-                label,
-                float(metrics["val/acc_top1"]),
-                float(metrics["val/acc_top5"]),
-                time.perf_counter() - start,
-            )
-        )
-        print(f"{label}: top-1 {results[-1][1]:.2%} ({results[-1][3]:.0f} s)")
-
-    eval_images = args.eval_epochs * args.eval_train_batches * args.batch_size
-    print()
-    print(
-        f"CIFAR-10 JPEG, {args.backbone} width {args.width}, SimCLR {args.pretrain_steps} steps "
-        f"x {args.batch_size} images ({args.pretrain_steps * args.batch_size / num_train:.2f} "
-        f"epochs, {pretrain_s:.0f} s, online probe train acc at the end {probe_acc:.1%})"
-    )
-    print(
-        f"linear evaluation: {args.eval_epochs} epochs x {args.eval_train_batches} batches of "
-        f"{args.batch_size} ({eval_images} augmented images: a subset, not the full 90-epoch "
-        f"protocol), tested on all {num_test} test images"
-    )
-    print()
-    print(f"| {'backbone':<18} | {'top-1':>7} | {'top-5':>7} | {'eval time':>9} |")
-    print(f"|{'-' * 20}|{'-' * 9}|{'-' * 9}|{'-' * 11}|")
-    for label, top1, top5, seconds in results:
-        print(f"| {label:<18} | {top1:>7.2%} | {top5:>7.2%} | {seconds:>7.0f} s |")
-    gain = results[0][1] - results[1][1]
-    print(f"\npretraining gain: {100 * gain:+.2f} points top-1")
+    data = ImageFolderDataModule(args.data_dir, batch_size=args.batch_size)
+    data.setup("fit")  # decodes (or reads the cache) before any clock starts
+    setting = {
+        "backbone": args.backbone,
+        "backbone_kwargs": args.backbone_kwargs,
+        "batch_size": args.batch_size,
+        "budget": f"{args.steps} steps" if args.steps else f"{args.minutes:g} min",
+    }
+    jobs: list[str] = names if args.no_random_init else ["random init", *names]
+    for name in jobs:
+        if name == "random init":
+            L.seed_everything(args.seed)
+            backbone = create_backbone(args.backbone, **args.backbone_kwargs)
+            row = {"method": name, **evaluate(backbone, data)}
+        else:
+            row = run_method(args, name, data)
+        with args.out.open("a") as f:
+            f.write(json.dumps({**row, **setting}) + "\n")
+    rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    print_table(rows)
 
 
 if __name__ == "__main__":

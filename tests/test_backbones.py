@@ -295,6 +295,19 @@ def test_convnet_quarter_resolution() -> None:
     assert create_backbone("convnet").num_features == 64
 
 
+def test_convnet_depth_doubles_the_channels_per_block() -> None:
+    model = create_backbone("convnet", width=32, depth=4)  # the CPU benchmarks' network
+    assert model.num_features == 256
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 256, 2, 2)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [32, 64, 128, 256]
+    assert sum(p.numel() for p in model.parameters()) == 3 * 32 * 9 + 32 * 64 * 9 + (
+        64 * 128 * 9 + 128 * 256 * 9
+    ) + 2 * (32 + 64 + 128 + 256)  # bias-free convs and the BatchNorm scales and shifts
+    with pytest.raises(ValueError, match="depth"):
+        create_backbone("convnet", depth=0)
+
+
 # --- timm family ------------------------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_lightning.callbacks import KNNMonitor
-from ssl_lightning.callbacks.knn import gather_variable, knn_predict
+from ssl_lightning.callbacks.knn import gather_variable
 from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.evaluation import knn_predict
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_linear_probe import CountingMethod, Recorder, two_process_results
 

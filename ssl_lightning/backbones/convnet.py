@@ -10,13 +10,15 @@ __all__ = ["ConvNet", "convnet"]
 
 
 class ConvNet(nn.Module):
-    """Two ``conv3x3 -> BatchNorm -> ReLU -> maxpool2x2`` blocks, then global average pooling.
+    """``conv3x3 -> BatchNorm -> ReLU -> maxpool2x2`` blocks, then global average pooling.
 
-    Small enough to train on a CPU; the feature map keeps a quarter of the input resolution,
-    which suits inpainting-style pretext tasks that decode it back to pixels.
+    Small enough to train on a CPU. With two blocks the feature map keeps a quarter of the
+    input resolution, which suits inpainting-style pretext tasks that decode it back to
+    pixels; four blocks of 32-64-128-256 channels (about 0.39M parameters) make the small
+    network of the CPU quality benchmarks.
 
     Args:
-        channels: output channels of the two blocks.
+        channels: output channels of the blocks, one block each.
 
     Attributes:
         num_features: ``channels[-1]``.
@@ -30,11 +32,11 @@ class ConvNet(nn.Module):
         torch.Size([2, 32])
     """
 
-    def __init__(self, channels: tuple[int, int] = (32, 64)) -> None:
+    def __init__(self, channels: tuple[int, ...] = (32, 64)) -> None:
         super().__init__()
-        if len(channels) != 2 or min(channels) < 1:
+        if len(channels) < 1 or min(channels) < 1:
             raise ValueError(
-                f"ConvNet `channels` must be two positive channel counts, got {channels}"
+                f"ConvNet `channels` must be positive channel counts, one per block, got {channels}"
             )
         layers: list[nn.Module] = []
         in_channels = 3
@@ -54,7 +56,7 @@ class ConvNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Unpooled features: ``[B, 3, H, W] -> [B, num_features, H // 4, W // 4]``."""
+        """Unpooled features: ``[B, 3, H, W] -> [B, num_features, H / 2^blocks, W / 2^blocks]``."""
         return self.features(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -63,6 +65,9 @@ class ConvNet(nn.Module):
 
 
 @register_backbone
-def convnet(width: int = 32) -> ConvNet:
-    """Small conv encoder with ``(width, 2 * width)`` channels; ``num_features = 2 * width``."""
-    return ConvNet(channels=(width, 2 * width))
+def convnet(width: int = 32, depth: int = 2) -> ConvNet:
+    """Small conv encoder of ``depth`` blocks with ``width * 2^i`` channels (block ``i``);
+    ``num_features = width * 2^(depth - 1)``. ``depth=4``: the CPU benchmarks' network."""
+    if depth < 1:
+        raise ValueError(f"convnet depth must be >= 1, got {depth} (set backbone_kwargs.depth)")
+    return ConvNet(channels=tuple(width * 2**i for i in range(depth)))

@@ -1,0 +1,21 @@
+"""Evaluating a learned backbone: the linear protocol as a LightningModule
+(:class:`LinearEvaluation`), and fast frozen evaluation on cached features
+(:func:`frozen_evaluation`: a linear classifier and a kNN classifier, no Trainer)."""
+
+from ssl_lightning.evaluation.frozen import (
+    FrozenResult,
+    extract_features,
+    fit_linear_classifier,
+    frozen_evaluation,
+)
+from ssl_lightning.evaluation.knn import knn_predict
+from ssl_lightning.evaluation.linear import LinearEvaluation
+
+__all__ = [
+    "FrozenResult",
+    "LinearEvaluation",
+    "extract_features",
+    "fit_linear_classifier",
+    "frozen_evaluation",
+    "knn_predict",
+]

@@ -1,0 +1,185 @@
+"""Fast frozen evaluation: the backbone's features of the clean images, computed once, then a
+linear classifier and a kNN classifier fitted on them, in seconds on a CPU.
+
+The features of every train and test image are extracted once (batched, no augmentation, the
+backbone in eval mode). The linear classifier is a multinomial logistic regression on
+standardized features, fitted full-batch with L-BFGS; its L2 weight decay is chosen from a small
+sweep on a stratified held-out share of the training features, then refitted on all of them.
+The kNN classifier (k=200, T=0.1, Wu et al. 2018) votes with the L2-normalized features.
+
+This is the protocol of the benchmarks and of quick checks; the augmented, epoch-based
+protocol of the papers is :class:`~ssl_lightning.evaluation.LinearEvaluation`.
+
+Examples:
+    >>> result = frozen_evaluation(backbone, train_images, train_labels, test_images,
+    ...                            test_labels, mean, std)  # doctest: +SKIP
+    >>> result.linear_top1, result.knn_top1  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.datamodules.dataset import stratified_holdout
+from ssl_lightning.evaluation.knn import knn_predict
+
+__all__ = ["FrozenResult", "extract_features", "fit_linear_classifier", "frozen_evaluation"]
+
+WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 512,
+    progress: bool = False,
+) -> Tensor:
+    """Pooled features ``[N, D]`` (float32, CPU) of uint8 images ``[N, 3, H, W]``.
+
+    The images are normalized with ``mean``/``std`` and run through ``backbone`` in eval mode
+    on the backbone's device, ``batch_size`` at a time; the backbone's mode is restored.
+    """
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        chunks = []
+        batches = images.split(batch_size)
+        for batch in tqdm(batches, desc="features", unit="batch", disable=not progress):
+            x = normalize(batch.to(device).float().div_(255), tuple(mean), tuple(std))
+            chunks.append(backbone(x).float().cpu())
+        return torch.cat(chunks)
+    finally:
+        backbone.train(was_training)
+
+
+@dataclass
+class LinearClassifier:
+    """A fitted linear classifier on standardized features: ``((x - mean) / std) @ W^T + b``."""
+
+    mean: Tensor  # [D]
+    std: Tensor  # [D]
+    weight: Tensor  # [C, D]
+    bias: Tensor  # [C]
+    weight_decay: float
+
+    def logits(self, features: Tensor) -> Tensor:
+        """``[N, D] -> [N, C]``."""
+        return ((features - self.mean) / self.std) @ self.weight.T + self.bias
+
+
+def _fit(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, steps: int) -> nn.Linear:
+    """Logistic regression on standardized ``x`` with an L2 penalty on the weight (L-BFGS)."""
+    linear = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(
+        linear.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + 0.5 * weight_decay * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return linear
+
+
+def fit_linear_classifier(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    weight_decays: Sequence[float] = WEIGHT_DECAYS,
+    holdout: float = 0.1,
+    steps: int = 100,
+    seed: int = 0,
+) -> LinearClassifier:
+    """Fits a linear classifier on ``features [N, D]`` with ``labels [N]`` (all labeled).
+
+    Each weight decay of ``weight_decays`` is fitted on ``1 - holdout`` of the samples
+    (stratified by class, chosen by ``seed``) and scored on the rest; the best one is refitted
+    on all samples.
+    """
+    features = features.float()
+    mean = features.mean(dim=0)
+    std = features.std(dim=0).clamp_min(1e-6)  # constant features stay finite
+    x = (features - mean) / std  # [N, D]
+    best = weight_decays[0]
+    if len(weight_decays) > 1:
+        keep, held = stratified_holdout(labels, holdout, seed)
+        scores = []
+        for weight_decay in weight_decays:
+            linear = _fit(x[keep], labels[keep], num_classes, weight_decay, steps)
+            with torch.no_grad():
+                predicted = linear(x[held]).argmax(dim=1)
+            scores.append(float((predicted == labels[held]).float().mean()))
+        best = weight_decays[max(range(len(scores)), key=scores.__getitem__)]
+    linear = _fit(x, labels, num_classes, best, steps)
+    return LinearClassifier(mean, std, linear.weight.detach(), linear.bias.detach(), best)
+
+
+@dataclass
+class FrozenResult:
+    """Frozen-feature accuracies on the test images (fractions in ``[0, 1]``)."""
+
+    linear_top1: float
+    linear_top5: float
+    knn_top1: float
+    weight_decay: float  # chosen for the linear classifier
+
+
+def frozen_evaluation(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 512,
+    k: int = 200,
+    temperature: float = 0.1,
+    progress: bool = False,
+) -> FrozenResult:
+    """Linear and kNN accuracy of ``backbone``'s frozen features of clean images.
+
+    Args:
+        backbone: a backbone (pooled ``forward``); evaluated in eval mode on its own device.
+        train_images: ``[N, 3, H, W]`` uint8 images the classifiers are fitted on.
+        train_labels: ``[N]`` int64 labels in ``[0, C)``.
+        test_images: ``[M, 3, H, W]`` uint8 images they are scored on.
+        test_labels: ``[M]`` int64 labels.
+        mean: per-channel normalization mean (the datamodule's).
+        std: per-channel normalization std.
+        batch_size: images per backbone pass.
+        k: kNN neighbours.
+        temperature: kNN vote temperature.
+        progress: show a progress bar over the feature extraction.
+    """
+    train_x = extract_features(backbone, train_images, mean, std, batch_size, progress)
+    test_x = extract_features(backbone, test_images, mean, std, batch_size, progress)
+    num_classes = int(train_labels.max()) + 1
+    classifier = fit_linear_classifier(train_x, train_labels, num_classes)
+    logits = classifier.logits(test_x)  # [M, C]
+    top5 = logits.topk(min(5, num_classes), dim=1).indices  # [M, 5]
+    bank = F.normalize(train_x, dim=1)
+    knn = knn_predict(test_x, bank, train_labels, num_classes, k=k, temperature=temperature)
+    return FrozenResult(
+        linear_top1=float((logits.argmax(dim=1) == test_labels).float().mean()),
+        linear_top5=float((top5 == test_labels[:, None]).any(dim=1).float().mean()),
+        knn_top1=float((knn == test_labels).float().mean()),
+        weight_decay=classifier.weight_decay,
+    )
