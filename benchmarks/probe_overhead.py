@@ -105,9 +105,9 @@ def main() -> None:
 
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeats):
-        without_probe, with_probe = timed_fit(args)
-        times[False] += without_probe
-        times[True] += with_probe
+        steps_without, steps_with = timed_fit(args)
+        times[False] += steps_without
+        times[True] += steps_with
     pair_ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
 
     # The probe's own work, alone: one update on features of a step's size.

@@ -109,9 +109,7 @@ def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule)
     }
 
 
-def evaluate(
-    args: argparse.Namespace, backbone: torch.nn.Module, data: ImageFolderDataModule
-) -> dict:
+def evaluate(backbone: torch.nn.Module, data: ImageFolderDataModule) -> dict:
     assert data.train_set is not None and data.val_set is not None
     start = time.perf_counter()
     result = frozen_evaluation(
