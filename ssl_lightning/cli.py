@@ -1,12 +1,14 @@
 """The ``ssl-lightning`` command: LightningCLI over every method and datamodule, plus ``export``.
 
 ``--model`` and ``--data`` take a class by short name (``SimCLR``, ``LinearEvaluation``,
-``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``).
+``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``,
+importable from the working directory).
 ``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
@@ -28,6 +30,10 @@ EPILOG = (
 def main(args: list[str] | None = None) -> None:
     """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
     argv = sys.argv[1:] if args is None else args
+    # A user's own classes (--model mymethods.MyMethod) import from the working directory, as
+    # they do under `python -m`; the console script alone would not look there.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if argv and argv[0] == "export":
         export.main(argv[1:])
         return

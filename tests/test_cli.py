@@ -63,3 +63,14 @@ def test_fit_a_user_subclass_by_class_path(tmp_path: Path) -> None:
 def test_mismatched_corruption_from_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.corruption"):
         main(_fit_args(tmp_path, "SimCLR", "--data.corruption=CleanView"))
+
+
+def test_a_users_method_imports_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "mymethods.py").write_text(
+        "from ssl_lightning import SimCLR\n\n\nclass MySimCLR(SimCLR):\n    pass\n"
+    )
+    script = Path(sys.executable).with_name("ssl-lightning")
+    command = [str(script), "fit", "--model=mymethods.MySimCLR", "--print_config"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: mymethods.MySimCLR" in result.stdout
