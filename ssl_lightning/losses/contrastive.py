@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ssl_lightning import distributed
 
-__all__ = ["nt_xent"]
+__all__ = ["info_nce", "nt_xent"]
 
 
 def nt_xent(z: Tensor, temperature: float = 0.2, gather_distributed: bool = True) -> Tensor:
@@ -62,3 +62,51 @@ def nt_xent(z: Tensor, temperature: float = 0.2, gather_distributed: bool = True
     # Masked entries are -inf; zero them before the product so 0 * -inf never appears.
     positive_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
     return -(positive_log_prob.sum(1) / (num_views - 1)).mean()
+
+
+def info_nce(
+    q: Tensor, k: Tensor, temperature: float = 0.2, gather_distributed: bool = True
+) -> Tensor:
+    """InfoNCE of queries against momentum keys, scaled by ``2 t`` (MoCo v3, Chen, Xie & He
+    2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
+    arXiv:2104.02057, Algorithm 1).
+
+    With ``q`` and ``k`` L2-normalized, query ``i``'s positive is key ``i`` and its negatives
+    are all other keys of the batch, from every rank when ``gather_distributed``::
+
+        loss = 2 t * mean_i -log( exp(q_i . k_i / t) / sum_j exp(q_i . k_j / t) )
+
+    The keys come from the momentum encoder and are constants: no gradient flows into ``k``.
+    The factor ``2 t`` is the paper's; it keeps the gradient scale independent of ``t``.
+    MoCo v3's symmetric loss is ``info_nce(q1, k2) + info_nce(q2, k1)``.
+
+    Args:
+        q: ``[B, D]`` queries (the online encoder's predictions), not yet normalized.
+        k: ``[B, D]`` keys of the other view (the momentum encoder's projections).
+        temperature: softmax temperature ``t > 0``.
+        gather_distributed: take the keys of every rank as negatives; this rank's queries
+            then point at their keys at offset ``rank * B``.
+
+    Returns:
+        Scalar mean loss over this rank's ``B`` queries.
+
+    Examples:
+        >>> info_nce(torch.randn(8, 16), torch.randn(8, 16), temperature=0.2).shape
+        torch.Size([])
+    """
+    if q.ndim != 2 or q.shape != k.shape:
+        raise ValueError(
+            f"info_nce expects q and k of one shape [B, D], got {tuple(q.shape)} and "
+            f"{tuple(k.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = q.shape[0]
+    q = F.normalize(q, dim=1)  # [B, D]
+    k = F.normalize(k.detach(), dim=1)  # [B, D]
+    labels = torch.arange(batch, device=q.device)
+    if gather_distributed and distributed.is_distributed():
+        k = distributed.gather(k)  # [R*B, D]
+        labels = labels + distributed.rank() * batch
+    logits = q @ k.T / temperature  # [B, R*B]
+    return F.cross_entropy(logits.float(), labels) * (2 * temperature)
