@@ -16,15 +16,16 @@ OptimizerName = Literal["sgd", "lars", "adamw"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "lars", "adamw")
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Splits trainable parameters into a decayed and a non-decayed group.
+def param_groups(params: nn.Module | Iterable[Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """Splits the trainable parameters of a module (or a parameter list) into a decayed and a
+    non-decayed group.
 
     The one rule: parameters with ``ndim <= 1`` (biases, norm scales and shifts) get no weight
     decay and no LARS adaptation; matrices and conv kernels get both.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in module.parameters():
+    decay: list[Tensor] = []
+    no_decay: list[Tensor] = []
+    for p in params.parameters() if isinstance(params, nn.Module) else params:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [
@@ -159,8 +160,9 @@ def build_optimizer(
     """SGD (with momentum), LARS or AdamW over parameter groups.
 
     A group may set ``lr_factor`` (its learning rate is ``lr * lr_factor``), ``weight_decay``
-    (else ``weight_decay``) and, for LARS, ``lars_exclude``. The schedule then scales every
-    group's learning rate by the same factor, so the groups keep their ratios.
+    (else ``weight_decay``), ``fixed_lr`` (see :func:`warmup_cosine_schedule`) and, for LARS,
+    ``lars_exclude``. The schedule scales the other groups' rates by the same factor, so they
+    keep their ratios.
     """
     if name not in OPTIMIZERS:
         raise ValueError(
@@ -198,8 +200,17 @@ def warmup_cosine_schedule(
     optimizer: Optimizer, warmup_steps: int, total_steps: int, final_factor: float = 0.0
 ) -> dict[str, Any]:
     """Lightning's ``configure_optimizers`` answer: ``optimizer`` with :func:`warmup_cosine`
-    applied to every group's learning rate after each optimizer step."""
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, final_factor)
-    )
+    applied to every group's learning rate after each optimizer step, except groups marked
+    ``fixed_lr`` (SimSiam's predictor), which keep their initial rate."""
+
+    def schedule(step: int) -> float:
+        return warmup_cosine(step, warmup_steps, total_steps, final_factor)
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    factors: list[Callable[[int], float]] = [
+        constant if g.get("fixed_lr") else schedule for g in optimizer.param_groups
+    ]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

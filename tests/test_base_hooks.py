@@ -15,7 +15,9 @@ from ssl_lightning import MaskedReconstruction, RotationPrediction, SimCLR, crea
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import ImageFolderDataModule, PatchMask, Rotations
 from ssl_lightning.export import export_backbone
+from ssl_lightning.methods.simsiam import SimSiam
 from ssl_lightning.momentum import ema_copy, ema_update_
+from ssl_lightning.optim import warmup_cosine
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 4}, "proj_hidden_dim": 16}
@@ -153,3 +155,35 @@ def test_the_corruption_used_is_saved_with_the_run(tmp_path: Path) -> None:
     default_run.fit(SimCLR(**TINY), _datamodule(tmp_path))
     ckpt = torch.load(next((tmp_path / "default").rglob("*.ckpt")), weights_only=False)
     assert ckpt["ImageFolderDataModule"]["corruption"].startswith("SimCLRViews(")
+
+
+def test_fixed_lr_groups_keep_their_rate_while_the_others_follow_the_schedule(
+    tmp_path: Path,
+) -> None:
+    model = SimSiam(
+        backbone="convnet",
+        backbone_kwargs={"width": 4},
+        proj_hidden_dim=16,
+        proj_output_dim=16,
+        pred_hidden_dim=8,
+        lr=0.05,
+        scale_lr=False,
+    )
+    seen: list[list[tuple[float, bool]]] = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+            groups = trainer.optimizers[0].param_groups
+            seen.append([(g["lr"], bool(g.get("fixed_lr"))) for g in groups])
+
+    tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[RecordLR()]).fit(
+        model, _datamodule(tmp_path)
+    )
+    fixed = {
+        id(p) for g in model.configure_param_groups() if g.get("fixed_lr") for p in g["params"]
+    }
+    assert fixed == {id(p) for p in model.predictor.parameters()}
+    for step, groups in enumerate(seen):
+        expected = 0.05 * warmup_cosine(step, 0, 4)
+        for lr, is_fixed in groups:
+            assert lr == pytest.approx(0.05 if is_fixed else expected)

@@ -13,7 +13,7 @@ from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import OptimizerName, param_groups
 
 
 class SimSiam(SSLMethod):
@@ -35,11 +35,9 @@ class SimSiam(SSLMethod):
 
     The CIFAR defaults are the paper's CIFAR recipe (Appendix D): a 2-layer projector with
     2048 -> 2048, a 512-wide predictor, SGD with momentum 0.9, lr 0.03 x batch / 256
-    (batch 512), weight decay 5e-4, cosine decay, SimCLR-like views. The paper finds a fixed
-    (not decayed) predictor learning rate slightly better (Table 1c); this method cannot
-    express it: :meth:`configure_param_groups` only scales a group's initial rate
-    (``lr_factor``) and the base applies one warmup-cosine factor to every group, so the
-    predictor decays with the rest.
+    (batch 512), weight decay 5e-4, cosine decay, SimCLR-like views, and a fixed (not decayed)
+    learning rate for the predictor, which the paper finds better (section 4.4,
+    ``fixed_pred_lr``).
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -48,6 +46,7 @@ class SimSiam(SSLMethod):
         proj_output_dim: output width of the projector and the predictor.
         proj_num_layers: Linear layers of the projector (2 on CIFAR, 3 on ImageNet).
         pred_hidden_dim: hidden (bottleneck) width of the predictor.
+        fixed_pred_lr: keep the predictor's learning rate at its initial value.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod` (``momentum`` 0.9).
 
     Examples:
@@ -62,6 +61,7 @@ class SimSiam(SSLMethod):
         proj_output_dim: int = 2048,
         proj_num_layers: int = 2,
         pred_hidden_dim: int = 512,
+        fixed_pred_lr: bool = True,
         optimizer: OptimizerName = "sgd",
         lr: float = 0.03,
         weight_decay: float = 5e-4,
@@ -94,9 +94,18 @@ class SimSiam(SSLMethod):
             last_batch_norm=True,
         )
         self.predictor = ProjectionHead(proj_output_dim, pred_hidden_dim, proj_output_dim)
+        self.fixed_pred_lr = fixed_pred_lr
 
     def default_corruption(self) -> Corruption:
         return SimCLRViews(num_views=2)
+
+    def configure_param_groups(self) -> list[dict[str, Any]]:
+        if not self.fixed_pred_lr:
+            return super().configure_param_groups()
+        predictor = {id(p) for p in self.predictor.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in predictor]
+        fixed = param_groups(self.predictor, self.weight_decay)
+        return param_groups(rest, self.weight_decay) + [{**g, "fixed_lr": True} for g in fixed]
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         if len(batch.views) != 2:
