@@ -1,0 +1,148 @@
+"""VICReg: invariance between two views, with variance and covariance regularizers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ssl_lightning import distributed
+from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption
+from ssl_lightning.heads import ProjectionHead
+from ssl_lightning.losses import vicreg_loss
+from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.optim import OptimizerName
+
+
+class VICReg(SSLMethod):
+    """VICReg (Bardes, Ponce & LeCun 2022, "VICReg: Variance-Invariance-Covariance
+    Regularization for Self-Supervised Learning", https://arxiv.org/abs/2105.04906).
+
+    Two views of each image go through the backbone and a 3-layer projector to ``z1, z2``
+    ``[B, P]``; with ``Var`` and ``Cov`` over the global batch (all ranks)::
+
+        loss = lambda * MSE(z1, z2) + mu * [v(z1) + v(z2)] + nu * [c(z1) + c(z2)]
+        v(z) = mean_j relu(gamma - sqrt(Var(z_j) + eps))
+        c(z) = sum_{i != j} Cov(z)_ij^2 / P
+
+    with ``lambda, mu, nu`` = ``invariance_weight, variance_weight, covariance_weight``.
+    Logged terms (weighted, they sum to the loss): ``train/invariance``, ``train/variance``,
+    ``train/covariance``.
+
+    Loss weights, ``gamma`` and ``eps`` are the paper's. CIFAR defaults from solo-learn's
+    CIFAR VICReg config (``scripts/pretrain/cifar/vicreg.yaml``): projector 2048-2048-2048,
+    LARS with trust coefficient 0.02, lr 0.3 per 256 images, weight decay 1e-4, 10 warmup
+    epochs. solo-learn's LARS also clips the adapted rate at ``lr`` (``clip_lr``); ours does
+    not.
+
+    Args:
+        backbone: registered backbone name or module (see :class:`SSLMethod`).
+        backbone_kwargs: arguments for the registered backbone.
+        proj_hidden_dim: hidden width of the projector.
+        proj_output_dim: output width ``P`` of the projector.
+        proj_num_layers: Linear layers in the projector.
+        invariance_weight: ``lambda``, weight of the mean squared error, >= 0.
+        variance_weight: ``mu``, weight of the variance hinge, >= 0.
+        covariance_weight: ``nu``, weight of the covariance penalty, >= 0.
+        gamma: target standard deviation of each dimension, > 0.
+        eps: added to the variance before the square root, > 0.
+        gather_distributed: variance and covariance over every rank under DDP.
+        **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
+
+    Examples:
+        >>> model = VICReg(backbone="resnet18", invariance_weight=25.0, variance_weight=25.0)
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 2048,
+        proj_num_layers: int = 3,
+        invariance_weight: float = 25.0,
+        variance_weight: float = 25.0,
+        covariance_weight: float = 1.0,
+        gamma: float = 1.0,
+        eps: float = 1e-4,
+        gather_distributed: bool = True,
+        optimizer: OptimizerName = "lars",
+        lr: float = 0.3,
+        weight_decay: float = 1e-4,
+        lars_eta: float = 0.02,
+        warmup_epochs: float = 10.0,
+        scale_lr: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        weights = {
+            "invariance_weight": invariance_weight,
+            "variance_weight": variance_weight,
+            "covariance_weight": covariance_weight,
+        }
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value} (set model.{name})")
+        if not any(weights.values()):
+            raise ValueError(
+                "invariance_weight, variance_weight and covariance_weight are all 0: nothing "
+                "to train (set model.invariance_weight > 0)"
+            )
+        for name, value in (("gamma", gamma), ("eps", eps)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value} (set model.{name})")
+        if proj_num_layers < 1:
+            raise ValueError(
+                f"proj_num_layers must be >= 1, got {proj_num_layers} (set model.proj_num_layers)"
+            )
+        super().__init__(
+            backbone=backbone,
+            backbone_kwargs=backbone_kwargs,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            lars_eta=lars_eta,
+            warmup_epochs=warmup_epochs,
+            scale_lr=scale_lr,
+            **kwargs,
+        )
+        self.invariance_weight, self.variance_weight = invariance_weight, variance_weight
+        self.covariance_weight, self.gamma, self.eps = covariance_weight, gamma, eps
+        self.gather_distributed = gather_distributed
+        self.projector = ProjectionHead(
+            self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
+        )
+
+    def default_corruption(self) -> Corruption:
+        return BYOLViews()
+
+    def pretext_step(self, batch: Batch) -> PretextOutput:
+        num_views, batch_size = len(batch.views), batch.views[0].shape[0]
+        if num_views != 2:
+            raise ValueError(
+                f"VICReg needs exactly 2 views per image, but the datamodule's corruption made "
+                f"{num_views}; unset data.corruption to use BYOLViews, or set "
+                "data.corruption=BYOLViews"
+            )
+        if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
+            raise ValueError(
+                f"VICReg takes variances over the batch and needs >= 2 images per batch, got "
+                f"{batch_size}; set data.batch_size >= 2"
+            )
+        features = self.embed_views(batch.views)  # [2B, D]
+        # One projector call per view, as in the paper: its BatchNorm sees each view alone.
+        z1, z2 = (self.projector(f) for f in features.chunk(2))  # [B, P] each
+        loss, terms = vicreg_loss(
+            z1,
+            z2,
+            self.invariance_weight,
+            self.variance_weight,
+            self.covariance_weight,
+            self.gamma,
+            self.eps,
+            self.gather_distributed,
+        )
+        return PretextOutput(
+            loss=loss, features=features, labels=batch.labels.repeat(2), metrics=terms
+        )
