@@ -139,11 +139,12 @@ def test_heads_have_the_papers_shapes() -> None:
     linears = [m.out_features for m in model.predictor.modules() if isinstance(m, torch.nn.Linear)]
     assert linears == [4096, 256]
     assert isinstance(model.default_corruption(), BYOLViews)
-    assert (model.temperature, model.base_momentum, model.lr, model.weight_decay) == (
-        0.2,
-        0.99,
+    assert (model.temperature, model.base_momentum) == (0.2, 0.99)
+    assert (model.optimizer_name, model.lr, model.weight_decay, model.lars_eta) == (
+        "lars",
         0.3,
         1e-6,
+        0.02,
     )
 
 
