@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_lightning.layers import Block, init_transformer_weights, sincos_pos_embed_2d
@@ -60,6 +61,88 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: an MLP to a bottleneck, L2-normalized, then prototype logits.
+
+    Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers",
+    arXiv:2104.14294 (section 3.1): ``num_layers`` Linear layers with GELU between them (hidden
+    width ``hidden_dim``, output ``bottleneck_dim``), ``normalize``, then a weight-normalized
+    Linear without bias, ``w_k = g_k v_k / ||v_k||``, to ``out_dim`` prototypes. With
+    ``norm_last_layer`` the scales ``g_k`` are fixed at 1 (the paper's default: it stabilizes
+    training), so the logits are cosine similarities to the prototypes.
+
+    Args:
+        in_dim: input features ``D_in`` (the backbone's ``num_features``).
+        out_dim: prototypes ``K``.
+        hidden_dim: width of the hidden layers.
+        bottleneck_dim: width of the normalized bottleneck.
+        num_layers: Linear layers of the MLP, >= 1.
+        batch_norm: BatchNorm after each hidden Linear (the paper's head has none).
+        norm_last_layer: fix the prototype scales at 1 instead of learning them.
+
+    Attributes:
+        last_layer: the weight-normalized prototypes (:class:`NormalizedLinear`).
+
+    Shapes: ``[B, D_in] -> [B, K]``.
+
+    Examples:
+        >>> head = DINOHead(512, 4096)
+        >>> head(torch.randn(4, 512)).shape
+        torch.Size([4, 4096])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        batch_norm: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):  # the ViT initialization the paper's head uses
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = NormalizedLinear(bottleneck_dim, out_dim, learn_scale=not norm_last_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))  # [B, K]
+
+
+class NormalizedLinear(nn.Module):
+    """Weight-normalized Linear without bias (Salimans & Kingma 2016, arXiv:1602.07868):
+    ``y = x (g * v / ||v||)^T`` with each output row ``v_k`` normalized; ``g`` is learned
+    when ``learn_scale``, else fixed at 1.
+
+    Shapes: ``[B, in_dim] -> [B, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_scale: bool = False) -> None:
+        super().__init__()
+        # Only the rows' directions matter (they are normalized): any isotropic draw will do.
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / in_dim**0.5)  # [K, D]
+        self.scale = nn.Parameter(torch.ones(out_dim, 1)) if learn_scale else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = F.normalize(self.weight, dim=1)  # [K, D]
+        return F.linear(x, weight if self.scale is None else self.scale * weight)
 
 
 class ConvDecoder(nn.Module):
