@@ -2,17 +2,35 @@
 
 from ssl_lightning.backbones import create_backbone, list_backbones, register_backbone
 from ssl_lightning.evaluation import LinearEvaluation
-from ssl_lightning.methods import MAE, MaskedReconstruction, RotationPrediction, SimCLR, SSLMethod
+from ssl_lightning.methods import (
+    BYOL,
+    DINO,
+    MAE,
+    BarlowTwins,
+    MaskedReconstruction,
+    MoCoV3,
+    RotationPrediction,
+    SimCLR,
+    SimSiam,
+    SSLMethod,
+    VICReg,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BYOL",
+    "DINO",
     "MAE",
+    "BarlowTwins",
     "LinearEvaluation",
     "MaskedReconstruction",
+    "MoCoV3",
     "RotationPrediction",
     "SSLMethod",
     "SimCLR",
+    "SimSiam",
+    "VICReg",
     "create_backbone",
     "list_backbones",
     "register_backbone",

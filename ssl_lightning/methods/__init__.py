@@ -1,18 +1,30 @@
 """Pretext methods: one file each, all subclasses of :class:`SSLMethod`."""
 
+from ssl_lightning.methods.barlow_twins import BarlowTwins
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.byol import BYOL
+from ssl_lightning.methods.dino import DINO
 from ssl_lightning.methods.mae import MAE
 from ssl_lightning.methods.masked_reconstruction import MaskedReconstruction
+from ssl_lightning.methods.moco import MoCoV3
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.methods.rotation import RotationPrediction
 from ssl_lightning.methods.simclr import SimCLR
+from ssl_lightning.methods.simsiam import SimSiam
+from ssl_lightning.methods.vicreg import VICReg
 
 __all__ = [
+    "BYOL",
+    "DINO",
     "MAE",
+    "BarlowTwins",
     "MaskedReconstruction",
+    "MoCoV3",
     "PretextOutput",
     "RotationPrediction",
     "SSLMethod",
     "SimCLR",
+    "SimSiam",
     "StepOutput",
+    "VICReg",
 ]
