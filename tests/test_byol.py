@@ -293,3 +293,12 @@ def test_bad_arguments_and_batches_name_the_fix() -> None:
         model.pretext_step(_views(num_views=3))
     with pytest.raises(ValueError, match="made 1"):
         model.pretext_step(_views(num_views=1))
+
+
+def test_default_views_are_byols_without_blur_for_small_images() -> None:
+    view1, view2 = BYOL(**TINY).default_corruption().views  # type: ignore[attr-defined]
+    assert (view1.blur_p, view1.solarize_p) == (0.0, 0.0)
+    assert (view2.blur_p, view2.solarize_p) == (0.0, 0.2)
+    images = torch.rand(4, 3, 32, 32)
+    plain = BYOLViews(view1=view1, view2=view2)(images, torch.zeros(4), torch.Generator())
+    assert [v.shape for v in plain.views] == [images.shape, images.shape]

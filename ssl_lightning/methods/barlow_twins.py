@@ -8,7 +8,8 @@ from torch import nn
 
 from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import barlow_twins_loss
 from ssl_lightning.methods.base import SSLMethod
@@ -37,6 +38,10 @@ class BarlowTwins(SSLMethod):
     and weight decay were tuned with it (it sets the gradient against the weight decay and
     the unadapted biases' steps); ``scale_loss=1`` gives the paper's loss. solo-learn's LARS
     also clips the adapted rate at ``lr`` (``clip_lr``); ours does not.
+
+    The default views are BYOL's pair without blur, for 32-pixel images
+    (:func:`~ssl_lightning.datamodules.corruptions.recipes.small_image_byol_views`, solo-learn's
+    CIFAR views); ``data.corruption=BYOLViews`` gives BYOL's views for large images.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -99,14 +104,14 @@ class BarlowTwins(SSLMethod):
         )
 
     def default_corruption(self) -> Corruption:
-        return BYOLViews()
+        return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         num_views, batch_size = len(batch.views), batch.views[0].shape[0]
         if num_views != 2:
             raise ValueError(
                 f"BarlowTwins needs exactly 2 views per image, but the datamodule's corruption "
-                f"made {num_views}; unset data.corruption to use BYOLViews, or set "
+                f"made {num_views}; unset data.corruption to use the default views, or set "
                 "data.corruption=BYOLViews"
             )
         if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.base import SSLMethod
@@ -41,6 +42,10 @@ class BYOL(SSLMethod):
     ``weight_decay=1.5e-6`` and ``lars_eta=1e-3``. solo-learn's LARS also caps the adapted
     rate at ``lr`` (its ``clip_lr``); ours does not, which agrees with it at lr 1.0 (batch 256)
     wherever the trust ratio is at most 1.
+
+    The default views are BYOL's pair without blur, for 32-pixel images
+    (:func:`~ssl_lightning.datamodules.corruptions.recipes.small_image_byol_views`, solo-learn's
+    CIFAR views); ``data.corruption=BYOLViews`` gives BYOL's views for large images.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -103,13 +108,13 @@ class BYOL(SSLMethod):
         self.teacher_projector = ema_copy(self.projector)
 
     def default_corruption(self) -> Corruption:
-        return BYOLViews()
+        return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         if len(batch.views) != 2:
             raise ValueError(
                 f"BYOL needs exactly 2 views per image, but the datamodule's corruption made "
-                f"{len(batch.views)}; unset data.corruption to use BYOLViews, or set "
+                f"{len(batch.views)}; unset data.corruption to use the default views, or set "
                 "data.corruption=BYOLViews"
             )
         features = self.embed_views(batch.views)  # [2B, D]

@@ -9,7 +9,8 @@ from torch import nn
 
 from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.contrastive import info_nce
 from ssl_lightning.methods.base import SSLMethod
@@ -42,7 +43,11 @@ class MoCoV3(SSLMethod):
     x batch / 256 and weight decay 1e-6, 10 warmup epochs. solo-learn's LARS also caps the
     adapted rate at ``lr`` (its ``clip_lr``), which ours does not reproduce. The paper's
     ImageNet ResNet recipe: LARS lr 0.3 x batch / 256 at batch 4096, eta 1e-3, weight decay
-    1.5e-6, momentum 0.99 (ViT: AdamW). The views are BYOL's, as in the paper.
+    1.5e-6, momentum 0.99 (ViT: AdamW), with BYOL's views.
+
+    The default views are BYOL's pair without blur, for 32-pixel images
+    (:func:`~ssl_lightning.datamodules.corruptions.recipes.small_image_byol_views`, solo-learn's
+    CIFAR views); ``data.corruption=BYOLViews`` gives BYOL's views for large images.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -113,14 +118,14 @@ class MoCoV3(SSLMethod):
         self.momentum_projector = ema_copy(self.projector)
 
     def default_corruption(self) -> Corruption:
-        return BYOLViews()
+        return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         num_views, batch_size = len(batch.views), batch.views[0].shape[0]
         if num_views != 2:
             raise ValueError(
                 f"MoCo v3 needs exactly 2 views per image, but the datamodule's corruption made "
-                f"{num_views}; unset data.corruption to use BYOLViews, or set "
+                f"{num_views}; unset data.corruption to use the default views, or set "
                 "data.corruption=BYOLViews"
             )
         if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):

@@ -8,7 +8,7 @@ from torch import nn
 
 from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption
+from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption, ViewTransform
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import vicreg_loss
 from ssl_lightning.methods.base import SSLMethod
@@ -36,6 +36,10 @@ class VICReg(SSLMethod):
     LARS with trust coefficient 0.02, lr 0.3 per 256 images, weight decay 1e-4, 10 warmup
     epochs. solo-learn's LARS also clips the adapted rate at ``lr`` (``clip_lr``); ours does
     not.
+
+    The default views are solo-learn's CIFAR views for VICReg: two alike, crops of 20-100% of
+    the image, no blur, solarization p 0.1; ``data.corruption=BYOLViews`` gives BYOL's views
+    for large images.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -115,14 +119,17 @@ class VICReg(SSLMethod):
         )
 
     def default_corruption(self) -> Corruption:
-        return BYOLViews()
+        # solo-learn's CIFAR views for VICReg: two alike, crops of 20-100% of the image, no
+        # blur at 32 pixels, solarization p 0.1.
+        view = ViewTransform(crop_scale=(0.2, 1.0), blur_p=0.0, solarize_p=0.1)
+        return BYOLViews(view1=view, view2=view)
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         num_views, batch_size = len(batch.views), batch.views[0].shape[0]
         if num_views != 2:
             raise ValueError(
                 f"VICReg needs exactly 2 views per image, but the datamodule's corruption made "
-                f"{num_views}; unset data.corruption to use BYOLViews, or set "
+                f"{num_views}; unset data.corruption to use the default views, or set "
                 "data.corruption=BYOLViews"
             )
         if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):

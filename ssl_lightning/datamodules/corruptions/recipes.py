@@ -161,3 +161,13 @@ class MultiCropViews(Corruption):
         views = [self.global_view(images, generator) for _ in range(self.num_global)]
         views += [local_view(images, generator) for _ in range(self.num_local)]
         return Batch(views=views, labels=labels)
+
+
+def small_image_byol_views() -> BYOLViews:
+    """BYOL's asymmetric pair for 32-pixel images, as solo-learn's CIFAR recipes (BYOL, MoCo v3,
+    Barlow Twins) use it: no Gaussian blur (at 32 pixels it erases the image), solarization
+    with p 0.2 on the second view only; crops, flips, jitter and grayscale as in BYOL."""
+    return BYOLViews(
+        view1=ViewTransform(blur_p=0.0),
+        view2=ViewTransform(blur_p=0.0, solarize_p=0.2),
+    )
