@@ -6,13 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption
 from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import barlow_twins_loss
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import check_batch_size, check_two_views
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
@@ -107,18 +107,10 @@ class BarlowTwins(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        num_views, batch_size = len(batch.views), batch.views[0].shape[0]
-        if num_views != 2:
-            raise ValueError(
-                f"BarlowTwins needs exactly 2 views per image, but the datamodule's corruption "
-                f"made {num_views}; unset data.corruption to use the default views, or set "
-                "data.corruption=BYOLViews"
-            )
-        if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
-            raise ValueError(
-                f"BarlowTwins standardizes over the batch and needs >= 2 images per batch, got "
-                f"{batch_size}; set data.batch_size >= 2"
-            )
+        check_two_views(batch, "BarlowTwins")
+        check_batch_size(
+            batch, "BarlowTwins", "it standardizes over the batch", self.gather_distributed
+        )
         features = self.embed_views(batch.views)  # [2B, D]
         # One projector call per view, as in the paper: its BatchNorm sees each view alone.
         z1, z2 = (self.projector(f) for f in features.chunk(2))  # [B, P] each

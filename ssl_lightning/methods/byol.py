@@ -13,6 +13,7 @@ from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import check_two_views
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName
@@ -111,12 +112,7 @@ class BYOL(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        if len(batch.views) != 2:
-            raise ValueError(
-                f"BYOL needs exactly 2 views per image, but the datamodule's corruption made "
-                f"{len(batch.views)}; unset data.corruption to use the default views, or set "
-                "data.corruption=BYOLViews"
-            )
+        check_two_views(batch, "BYOL")
         features = self.embed_views(batch.views)  # [2B, D]
         p1, p2 = self.predictor(self.projector(features)).chunk(2)  # [B, P] each
         with torch.no_grad():

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption
 from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.contrastive import info_nce
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import check_batch_size, check_two_views
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName
@@ -121,18 +121,10 @@ class MoCoV3(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        num_views, batch_size = len(batch.views), batch.views[0].shape[0]
-        if num_views != 2:
-            raise ValueError(
-                f"MoCo v3 needs exactly 2 views per image, but the datamodule's corruption made "
-                f"{num_views}; unset data.corruption to use the default views, or set "
-                "data.corruption=BYOLViews"
-            )
-        if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
-            raise ValueError(
-                f"MoCo v3 needs >= 2 images per batch (the other keys are its negatives), got "
-                f"{batch_size}; set data.batch_size >= 2"
-            )
+        check_two_views(batch, "MoCo v3")
+        check_batch_size(
+            batch, "MoCo v3", "the other keys are its negatives", self.gather_distributed
+        )
         features = self.embed_views(batch.views)  # [2B, D], one pass
         q1, q2 = self.predictor(self.projector(features)).chunk(2)  # [B, P] each
         with torch.no_grad():

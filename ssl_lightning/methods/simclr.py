@@ -6,12 +6,12 @@ from typing import Any
 
 from torch import nn
 
-from ssl_lightning import distributed
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import check_batch_size
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
@@ -82,11 +82,7 @@ class SimCLR(SSLMethod):
                 f"{num_views}; unset data.corruption to use SimCLRViews, or set "
                 "data.corruption=SimCLRViews"
             )
-        if batch_size < 2 and not (self.gather_distributed and distributed.is_distributed()):
-            raise ValueError(
-                f"SimCLR needs >= 2 images per batch (the others are its negatives), got "
-                f"{batch_size}; set data.batch_size >= 2"
-            )
+        check_batch_size(batch, "SimCLR", "the others are its negatives", self.gather_distributed)
         features = self.embed_views(batch.views)  # [V*B, D]
         z = self.projector(features).view(num_views, batch_size, -1)  # [V, B, P]
         loss = nt_xent(z, self.temperature, self.gather_distributed)

@@ -12,6 +12,7 @@ from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import check_two_views
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName, param_groups
 
@@ -108,12 +109,7 @@ class SimSiam(SSLMethod):
         return param_groups(rest, self.weight_decay) + [{**g, "fixed_lr": True} for g in fixed]
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        if len(batch.views) != 2:
-            raise ValueError(
-                f"SimSiam needs exactly 2 views per image, but the datamodule's corruption "
-                f"made {len(batch.views)}; unset data.corruption to use SimCLRViews, or set "
-                "data.corruption=SimCLRViews with num_views 2"
-            )
+        check_two_views(batch, "SimSiam", views="SimCLRViews")
         features = self.embed_views(batch.views)  # [2B, D]
         z = self.projector(features)  # [2B, P]
         p1, p2 = self.predictor(z).chunk(2)  # [B, P] each
