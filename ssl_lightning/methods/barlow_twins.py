@@ -12,7 +12,12 @@ from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import barlow_twins_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_batch_size, check_two_views
+from ssl_lightning.methods.checks import (
+    check_batch_size,
+    check_two_views,
+    require_at_least,
+    require_positive,
+)
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
@@ -76,16 +81,9 @@ class BarlowTwins(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        if lambda_offdiag < 0:
-            raise ValueError(
-                f"lambda_offdiag must be >= 0, got {lambda_offdiag} (set model.lambda_offdiag)"
-            )
-        if scale_loss <= 0:
-            raise ValueError(f"scale_loss must be > 0, got {scale_loss} (set model.scale_loss)")
-        if proj_num_layers < 1:
-            raise ValueError(
-                f"proj_num_layers must be >= 1, got {proj_num_layers} (set model.proj_num_layers)"
-            )
+        require_at_least(0, lambda_offdiag=lambda_offdiag)
+        require_positive(scale_loss=scale_loss)
+        require_at_least(1, proj_num_layers=proj_num_layers)
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,

@@ -13,7 +13,7 @@ from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_two_views
+from ssl_lightning.methods.checks import check_two_views, require_at_least, require_unit_interval
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName
@@ -79,17 +79,13 @@ class BYOL(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        for name, value in [("base_momentum", base_momentum), ("final_momentum", final_momentum)]:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value} (set model.{name})")
-        dims = [
-            ("proj_hidden_dim", proj_hidden_dim),
-            ("proj_output_dim", proj_output_dim),
-            ("pred_hidden_dim", pred_hidden_dim),
-        ]
-        for name, dim in dims:
-            if dim < 1:
-                raise ValueError(f"{name} must be >= 1, got {dim} (set model.{name})")
+        require_unit_interval(base_momentum=base_momentum, final_momentum=final_momentum)
+        require_at_least(
+            1,
+            proj_hidden_dim=proj_hidden_dim,
+            proj_output_dim=proj_output_dim,
+            pred_hidden_dim=pred_hidden_dim,
+        )
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,

@@ -5,7 +5,13 @@ from __future__ import annotations
 from ssl_lightning import distributed
 from ssl_lightning.datamodules import Batch
 
-__all__ = ["check_batch_size", "check_two_views"]
+__all__ = [
+    "check_batch_size",
+    "check_two_views",
+    "require_at_least",
+    "require_positive",
+    "require_unit_interval",
+]
 
 
 def check_two_views(batch: Batch, method: str, views: str = "BYOLViews") -> None:
@@ -26,3 +32,26 @@ def check_batch_size(batch: Batch, method: str, why: str, gathered: bool) -> Non
         raise ValueError(
             f"{method} needs >= 2 images per batch ({why}), got {size}; set data.batch_size >= 2"
         )
+
+
+def _require(test: str, passes: bool, name: str, value: float) -> None:
+    if not passes:
+        raise ValueError(f"{name} must be {test}, got {value} (set model.{name})")
+
+
+def require_positive(**values: float) -> None:
+    """Raises for the first ``name=value`` that is not > 0, naming ``model.<name>``."""
+    for name, value in values.items():
+        _require("> 0", value > 0, name, value)
+
+
+def require_at_least(low: int, **values: float) -> None:
+    """Raises for the first ``name=value`` below ``low``, naming ``model.<name>``."""
+    for name, value in values.items():
+        _require(f">= {low}", value >= low, name, value)
+
+
+def require_unit_interval(**values: float) -> None:
+    """Raises for the first ``name=value`` outside ``[0, 1]``, naming ``model.<name>``."""
+    for name, value in values.items():
+        _require("in [0, 1]", 0.0 <= value <= 1.0, name, value)

@@ -12,6 +12,7 @@ from ssl_lightning.datamodules.corruptions import Corruption, MultiCropViews, Vi
 from ssl_lightning.heads import DINOHead
 from ssl_lightning.losses.distillation import dino_loss, teacher_temperature, update_center_
 from ssl_lightning.methods.base import SSLMethod
+from ssl_lightning.methods.checks import require_at_least, require_positive, require_unit_interval
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName, schedule_length
@@ -20,8 +21,7 @@ __all__ = ["DINO"]
 
 
 class DINO(SSLMethod):
-    """DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers",
-    https://arxiv.org/abs/2104.14294), for ResNet and ViT backbones.
+    """DINO (Caron et al. 2021, arXiv:2104.14294), for ResNet and ViT backbones.
 
     The student is backbone + :class:`~ssl_lightning.heads.DINOHead`; the teacher, an EMA of
     both (momentum ``base_momentum`` rising to 1 on a cosine), is what ``ssl-lightning export``
@@ -92,7 +92,23 @@ class DINO(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        _check_arguments(locals())
+        require_positive(
+            student_temp=student_temp,
+            teacher_temp=teacher_temp,
+            warmup_teacher_temp=warmup_teacher_temp,
+        )
+        require_at_least(
+            1,
+            num_prototypes=num_prototypes,
+            proj_hidden_dim=proj_hidden_dim,
+            proj_bottleneck_dim=proj_bottleneck_dim,
+        )
+        require_at_least(
+            0,
+            warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
+            freeze_last_layer_epochs=freeze_last_layer_epochs,
+        )
+        require_unit_interval(center_momentum=center_momentum, base_momentum=base_momentum)
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,
@@ -181,19 +197,3 @@ class DINO(SSLMethod):
         if trainer is None:
             return 0.0
         return trainer.global_step / schedule_length(trainer)[1]
-
-
-def _check_arguments(args: dict[str, Any]) -> None:
-    """Raises for an argument out of range, naming the ``model.<arg>`` to set."""
-    for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-        if args[name] <= 0:
-            raise ValueError(f"{name} must be > 0, got {args[name]} (set model.{name})")
-    for name, low in [
-        *[("num_prototypes", 1), ("proj_hidden_dim", 1), ("proj_bottleneck_dim", 1)],
-        *[("warmup_teacher_temp_epochs", 0), ("freeze_last_layer_epochs", 0)],
-    ]:
-        if args[name] < low:
-            raise ValueError(f"{name} must be >= {low}, got {args[name]} (set model.{name})")
-    for name in ("center_momentum", "base_momentum"):
-        if not 0.0 <= args[name] <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {args[name]} (set model.{name})")

@@ -13,7 +13,13 @@ from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.contrastive import info_nce
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_batch_size, check_two_views
+from ssl_lightning.methods.checks import (
+    check_batch_size,
+    check_two_views,
+    require_at_least,
+    require_positive,
+    require_unit_interval,
+)
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName
@@ -83,19 +89,14 @@ class MoCoV3(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature} (set model.temperature)")
-        if not 0.0 <= base_momentum <= 1.0:
-            raise ValueError(
-                f"base_momentum must be in [0, 1], got {base_momentum} (set model.base_momentum)"
-            )
-        for name, dim in [
-            ("proj_hidden_dim", proj_hidden_dim),
-            ("proj_output_dim", proj_output_dim),
-            ("pred_hidden_dim", pred_hidden_dim),
-        ]:
-            if dim < 1:
-                raise ValueError(f"{name} must be >= 1, got {dim} (set model.{name})")
+        require_positive(temperature=temperature)
+        require_unit_interval(base_momentum=base_momentum)
+        require_at_least(
+            1,
+            proj_hidden_dim=proj_hidden_dim,
+            proj_output_dim=proj_output_dim,
+            pred_hidden_dim=pred_hidden_dim,
+        )
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,

@@ -11,7 +11,7 @@ from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_batch_size
+from ssl_lightning.methods.checks import check_batch_size, require_positive
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
@@ -53,8 +53,7 @@ class SimCLR(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature} (set model.temperature)")
+        require_positive(temperature=temperature)
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,

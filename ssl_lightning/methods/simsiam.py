@@ -12,7 +12,7 @@ from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_two_views
+from ssl_lightning.methods.checks import check_two_views, require_at_least
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName, param_groups
 
@@ -69,15 +69,13 @@ class SimSiam(SSLMethod):
         scale_lr: bool = True,
         **kwargs: Any,
     ) -> None:
-        sizes = [
-            ("proj_hidden_dim", proj_hidden_dim),
-            ("proj_output_dim", proj_output_dim),
-            ("proj_num_layers", proj_num_layers),
-            ("pred_hidden_dim", pred_hidden_dim),
-        ]
-        for name, size in sizes:
-            if size < 1:
-                raise ValueError(f"{name} must be >= 1, got {size} (set model.{name})")
+        require_at_least(
+            1,
+            proj_hidden_dim=proj_hidden_dim,
+            proj_output_dim=proj_output_dim,
+            proj_num_layers=proj_num_layers,
+            pred_hidden_dim=pred_hidden_dim,
+        )
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,

@@ -11,7 +11,12 @@ from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption, ViewTra
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import vicreg_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_batch_size, check_two_views
+from ssl_lightning.methods.checks import (
+    check_batch_size,
+    check_two_views,
+    require_at_least,
+    require_positive,
+)
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
@@ -93,13 +98,8 @@ class VICReg(SSLMethod):
                 "invariance_weight, variance_weight and covariance_weight are all 0: nothing "
                 "to train (set model.invariance_weight > 0)"
             )
-        for name, value in (("gamma", gamma), ("eps", eps)):
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value} (set model.{name})")
-        if proj_num_layers < 1:
-            raise ValueError(
-                f"proj_num_layers must be >= 1, got {proj_num_layers} (set model.proj_num_layers)"
-            )
+        require_positive(gamma=gamma, eps=eps)
+        require_at_least(1, proj_num_layers=proj_num_layers)
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,
