@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.datamodules import Corruption, ImageFolderDataModule
 from ssl_lightning.methods import SSLMethod
 from tests.helpers import SAMPLE, tiny_trainer
 
@@ -31,6 +31,7 @@ def _fit(
     total: int,
     stop: int | None = None,
     ckpt_path: Path | None = None,
+    corruption: Corruption | None = None,
 ) -> SSLMethod:
     L.seed_everything(0, verbose=False)
     model = make_model()
@@ -44,21 +45,28 @@ def _fit(
         enable_checkpointing=stop is not None,
         callbacks=callbacks,
     )
-    data = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=root.parent / "cache")
+    data = ImageFolderDataModule(
+        SAMPLE, batch_size=16, cache_dir=root.parent / "cache", corruption=corruption
+    )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model
 
 
 def straight_and_resumed(
-    make_model: Callable[[], SSLMethod], tmp_path: Path, total: int, stop: int
+    make_model: Callable[[], SSLMethod],
+    tmp_path: Path,
+    total: int,
+    stop: int,
+    corruption: Corruption | None = None,
 ) -> tuple[SSLMethod, SSLMethod, Path]:
     """Fits ``total`` steps straight, and ``stop`` steps + a checkpoint + a resume from it for
-    the rest (the same schedule: the first part stops early, as a crash would). Returns both
-    final models and the checkpoint written at ``stop``."""
-    straight = _fit(make_model, tmp_path / "straight", total)
-    _fit(make_model, tmp_path / "first", total, stop=stop)
+    the rest (the same schedule: the first part stops early, as a crash would), with
+    ``corruption`` (the method's default when ``None``). Returns both final models and the
+    checkpoint written at ``stop``."""
+    straight = _fit(make_model, tmp_path / "straight", total, corruption=corruption)
+    _fit(make_model, tmp_path / "first", total, stop=stop, corruption=corruption)
     (ckpt,) = (tmp_path / "first" / "ckpt").glob("*.ckpt")
-    resumed = _fit(make_model, tmp_path / "resumed", total, ckpt_path=ckpt)
+    resumed = _fit(make_model, tmp_path / "resumed", total, ckpt_path=ckpt, corruption=corruption)
     return straight, resumed, ckpt
 
 

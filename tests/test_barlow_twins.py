@@ -6,16 +6,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from ssl_lightning import BarlowTwins
 from ssl_lightning.datamodules import Batch, BYOLViews, ImageFolderDataModule, ViewTransform
 from ssl_lightning.losses import barlow_twins_loss
 from tests.distributed_utils import run_distributed
 from tests.helpers import SAMPLE, tiny_trainer
+from tests.resume_utils import assert_same_state, straight_and_resumed
 
 TINY = {
     "backbone": "convnet",
@@ -179,43 +178,12 @@ def test_step_is_the_loss_of_its_projections_with_one_backbone_pass() -> None:
     assert out.labels.tolist() == list(range(6)) * 2
 
 
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            trainer.should_stop = True
-
-
-def _fit(root: Path, total: int, stop: int | None = None, ckpt_path=None) -> BarlowTwins:
-    L.seed_everything(0, verbose=False)
-    model = BarlowTwins(**TINY, lr=0.5)
-    callbacks: list[Callback] = []
-    if stop is not None:
-        callbacks = [_StopAt(stop), ModelCheckpoint(root / "ckpt", every_n_train_steps=stop)]
-    data = ImageFolderDataModule(
-        SAMPLE, batch_size=16, cache_dir=root / "cache", corruption=SMALL_VIEWS
-    )
-    trainer = tiny_trainer(
-        root,
-        max_steps=total,
-        callbacks=callbacks,
-        enable_checkpointing=stop is not None,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, data, ckpt_path=ckpt_path)
-    return model
-
-
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path: Path) -> None:
-    straight = _fit(tmp_path / "a", total=6)
-    _fit(tmp_path / "b", total=6, stop=3)
-    (ckpt,) = (tmp_path / "b" / "ckpt").glob("*.ckpt")
-    resumed = _fit(tmp_path / "c", total=6, ckpt_path=ckpt)
+    straight, resumed, ckpt = straight_and_resumed(
+        lambda: BarlowTwins(**TINY, lr=0.5), tmp_path, total=6, stop=3, corruption=SMALL_VIEWS
+    )
+    assert_same_state(straight, resumed)
     expected = straight.state_dict()
-    for key, value in resumed.state_dict().items():
-        assert torch.equal(value, expected[key]), key
     halfway = torch.load(ckpt, weights_only=False)["state_dict"]
     assert not all(torch.equal(halfway[key], value) for key, value in expected.items())
 

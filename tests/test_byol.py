@@ -10,10 +10,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from ssl_lightning import create_backbone
 from ssl_lightning.datamodules import Batch, BYOLViews, ImageFolderDataModule
@@ -23,6 +22,7 @@ from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.byol import BYOL
 from tests.distributed_utils import run_distributed
 from tests.helpers import SAMPLE, tiny_trainer
+from tests.resume_utils import assert_same_state, straight_and_resumed
 
 TINY: dict[str, Any] = {
     "backbone": "convnet",
@@ -176,39 +176,10 @@ def test_target_moves_by_the_ema_formula_once_per_optimizer_step(tmp_path: Path)
     assert updates == total
 
 
-class StopAt(Callback):
-    """Ends the run after ``step`` optimizer steps, as a crash or a time limit would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            trainer.should_stop = True
-
-
-def _fit(root: Path, total: int, stop: int | None = None, ckpt_path: Path | None = None) -> BYOL:
-    L.seed_everything(0, verbose=False)
-    model = BYOL(**TINY, base_momentum=0.9)
-    callbacks: list[Callback] = []
-    if stop is not None:
-        callbacks += [StopAt(stop), ModelCheckpoint(root / "ckpt", every_n_train_steps=stop)]
-    trainer = tiny_trainer(
-        root,
-        max_steps=total,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        enable_checkpointing=stop is not None,
-    )
-    trainer.fit(model, _datamodule(root), ckpt_path=ckpt_path)
-    return model
-
-
 def test_checkpoint_holds_the_target_and_a_resumed_run_continues_exactly(tmp_path: Path) -> None:
-    straight = _fit(tmp_path / "a", total=4)
-    _fit(tmp_path / "b", total=4, stop=2)
-    (ckpt,) = (tmp_path / "b" / "ckpt").glob("*.ckpt")
-    resumed = _fit(tmp_path / "c", total=4, ckpt_path=ckpt)
+    straight, resumed, ckpt = straight_and_resumed(
+        lambda: BYOL(**TINY, base_momentum=0.9), tmp_path, total=4, stop=2
+    )
 
     saved = torch.load(ckpt, weights_only=False)["state_dict"]
     for online in ("backbone", "projector"):  # every target tensor, parameters and buffers
@@ -219,8 +190,7 @@ def test_checkpoint_holds_the_target_and_a_resumed_run_continues_exactly(tmp_pat
         saved["backbone.features.0.weight"],
     )
     assert not torch.equal(target, online_weight)  # the target is its own state, not a copy
-    for key, value in straight.state_dict().items():
-        assert torch.equal(resumed.state_dict()[key], value), key
+    assert_same_state(straight, resumed)
 
     # ssl-lightning export writes the online backbone, not the target.
     weights = export_backbone(ckpt, tmp_path / "byol.pt")
