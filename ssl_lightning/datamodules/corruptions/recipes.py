@@ -9,6 +9,7 @@ line the nested fields are dotted: ``--data.corruption.view.blur_p 0.5``.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,8 +24,9 @@ class SimCLRViews(Corruption):
 
     Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
     https://arxiv.org/abs/2002.05709. Each view is an independent draw of ``view``, in view
-    order from the one generator. The default is the paper's CIFAR recipe: ImageNet views are
-    also blurred (``ViewTransform(blur_p=0.5)``).
+    order from the one generator. The default is the paper's CIFAR recipe (Appendix B.9): color
+    distortion strength 0.5, so jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale p 0.2, no blur.
+    The ImageNet recipe is strength 1 with blur: ``view=simclr_view(1.0, blur_p=0.5)``.
 
     Args:
         num_views: number of views per image (at least 1).
@@ -39,7 +41,11 @@ class SimCLRViews(Corruption):
         16
     """
 
-    def __init__(self, num_views: int = 2, view: ViewTransform = ViewTransform()) -> None:
+    def __init__(
+        self,
+        num_views: int = 2,
+        view: ViewTransform = ViewTransform(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+    ) -> None:
         if num_views < 1:
             raise ValueError(f"num_views={num_views!r} is invalid: expected an int >= 1.")
         self.num_views = num_views
@@ -170,4 +176,23 @@ def small_image_byol_views() -> BYOLViews:
     return BYOLViews(
         view1=ViewTransform(blur_p=0.0),
         view2=ViewTransform(blur_p=0.0, solarize_p=0.2),
+    )
+
+
+def simclr_view(strength: float = 0.5, **fields: Any) -> ViewTransform:
+    """SimCLR's one-view recipe at color distortion ``strength`` s (arXiv:2002.05709, App. A).
+
+    The paper's ``get_color_distortion(s)``: ``ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s)`` with
+    p 0.8 and grayscale with p 0.2. CIFAR uses s = 0.5 (the :class:`SimCLRViews` default),
+    ImageNet s = 1 with Gaussian blur (``blur_p=0.5``). ``fields`` set other
+    :class:`ViewTransform` fields (``size``, ``blur_p``, ...).
+
+    Examples:
+        >>> view = simclr_view(1.0, blur_p=0.5)
+        >>> view.brightness, view.saturation, view.hue
+        (0.8, 0.8, 0.2)
+    """
+    jitter = 0.8 * strength
+    return ViewTransform(
+        brightness=jitter, contrast=jitter, saturation=jitter, hue=0.2 * strength, **fields
     )

@@ -34,8 +34,10 @@ from ssl_lightning.datamodules.corruptions.sampling import (
 class ViewTransform:
     """One view's augmentation recipe: crop -> flip -> jitter -> grayscale -> blur -> solarize.
 
-    The SimCLR recipe (https://arxiv.org/abs/2002.05709) by default; blur and solarization
-    (BYOL, https://arxiv.org/abs/2006.07733) are off by default. Every image draws its own
+    SimCLR's crop, flip, jitter and grayscale (https://arxiv.org/abs/2002.05709) with BYOL's
+    jitter strengths (0.4, 0.4, 0.2, 0.1; https://arxiv.org/abs/2006.07733) by default; blur
+    and solarization are off by default. SimCLR's own strengths (0.8 s, 0.8 s, 0.8 s, 0.2 s)
+    are ``recipes.simclr_view(s)`` (``SimCLRViews`` uses s = 0.5). Every image draws its own
     parameters from the caller's CPU generator; the parameters of an op that is off are not
     drawn, so adding an op leaves the views of recipes without it unchanged.
 
