@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.datamodules import Batch, CleanView, Corruption
+from ssl_lightning.methods.checks import require_at_least, require_positive
+from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy, check_policy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.optim import (
     OPTIMIZERS,
@@ -23,7 +24,7 @@ from ssl_lightning.optim import (
 )
 
 
-class SSLMethod(L.LightningModule):
+class SSLMethod(NonFiniteGuard):
     """Base of all pretext methods: the backbone, the optimizer recipe and the step template.
 
     A subclass builds its heads in ``__init__``, names its corruption in
@@ -57,6 +58,8 @@ class SSLMethod(L.LightningModule):
         scale_lr: multiply ``lr`` by global batch size / 256 (Goyal et al. 2017).
         channels_last: run the network in channels-last memory format (faster on GPUs).
         compile: compile the backbone with ``torch.compile``.
+        on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
+            step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
     """
 
     export_module: ClassVar[str] = "backbone"
@@ -77,6 +80,7 @@ class SSLMethod(L.LightningModule):
         scale_lr: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        on_nonfinite: NonFinitePolicy = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
@@ -85,10 +89,9 @@ class SSLMethod(L.LightningModule):
                 f"optimizer must be 'sgd', 'lars' or 'adamw', got {optimizer!r} "
                 "(set model.optimizer)"
             )
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr} (set model.lr)")
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        require_positive(lr=lr)
+        require_at_least(0, warmup_epochs=warmup_epochs)
+        self.on_nonfinite = check_policy(on_nonfinite)
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         elif backbone_kwargs:
@@ -126,8 +129,7 @@ class SSLMethod(L.LightningModule):
 
     @property
     def progress(self) -> float:
-        """Optimizer steps done before the current one over the run's total, in ``[0, 1]``
-        (0 without a trainer)."""
+        """Optimizer steps before the current one over the run's total, in ``[0, 1]`` (or 0)."""
         trainer = self._trainer
         if trainer is None:
             return 0.0
@@ -165,6 +167,7 @@ class SSLMethod(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> StepOutput:
         out = self.pretext_step(batch)
+        self.watch_loss(out.loss)
         batch_size = batch.labels.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
         for name, value in out.metrics.items():
@@ -188,11 +191,8 @@ class SSLMethod(L.LightningModule):
         warmup = min(self._total_steps, round(self.warmup_epochs * steps_per_epoch))
         return warmup_cosine_schedule(optimizer, warmup, self._total_steps, self.final_lr_factor)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self.after_optimizer_step()
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["export_module"] = self.export_module
 
     def _memory_format(self, x: Tensor) -> Tensor:
