@@ -105,44 +105,57 @@ def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule)
         "seconds": round(seconds, 1),
         "images_per_s": round(steps * args.batch_size / seconds, 1),
         "final_loss": loss,
-        **evaluate(backbone, data),
+        **evaluate(backbone, data, args.stages),
     }
 
 
-def evaluate(backbone: torch.nn.Module, data: ImageFolderDataModule) -> dict:
+def evaluate(
+    backbone: torch.nn.Module, data: ImageFolderDataModule, stages: tuple[str, ...] = ("last",)
+) -> dict:
+    """Frozen evaluation of each stage selection; keys of ``"all"`` are prefixed ``all_``."""
     assert data.train_set is not None and data.val_set is not None
-    start = time.perf_counter()
-    result = frozen_evaluation(
-        backbone,
-        data.train_set.images,
-        data.train_set.labels,
-        data.val_set.images,
-        data.val_set.labels,
-        data.mean,
-        data.std,
-    )
-    print(f"  frozen evaluation in {time.perf_counter() - start:.0f} s: {result}")
-    return {
-        "linear_top1": result.linear_top1,
-        "linear_top5": result.linear_top5,
-        "knn_top1": result.knn_top1,
-        "weight_decay": result.weight_decay,
-    }
+    row: dict[str, Any] = {}
+    for selection in stages:
+        start = time.perf_counter()
+        result = frozen_evaluation(
+            backbone,
+            data.train_set.images,
+            data.train_set.labels,
+            data.val_set.images,
+            data.val_set.labels,
+            data.mean,
+            data.std,
+            stages=selection,  # type: ignore[arg-type]
+        )
+        print(f"  frozen evaluation ({selection}) in {time.perf_counter() - start:.0f} s: {result}")
+        prefix = "" if selection == "last" else f"{selection}_"
+        row |= {
+            f"{prefix}linear_top1": result.linear_top1,
+            f"{prefix}linear_top5": result.linear_top5,
+            f"{prefix}knn_top1": result.knn_top1,
+            f"{prefix}weight_decay": result.weight_decay,
+        }
+    return row
+
+
+def _percent(row: dict, key: str) -> str:
+    return f"{row[key]:.1%}" if key in row else "-"
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| method | steps | images/s | linear top-1 | linear top-5 | kNN top-1 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| method | steps | images/s | linear top-1 | linear top-5 | kNN top-1 "
+        "| all stages: linear top-1 | kNN top-1 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        steps = r.get("steps", "-")
-        speed = r.get("images_per_s", "-")
-        print(
-            f"| {r['method']} | {steps} | {speed} | {r['linear_top1']:.1%} | "
-            f"{r['linear_top5']:.1%} | {r['knn_top1']:.1%} |"
-        )
+        scores = ["linear_top1", "linear_top5", "knn_top1", "all_linear_top1", "all_knn_top1"]
+        cells = " | ".join(_percent(r, key) for key in scores)
+        print(f"| {r['method']} | {r.get('steps', '-')} | {r.get('images_per_s', '-')} | {cells} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Runs the command line ``argv`` (``sys.argv`` by default); returns the rows of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--method", action="append", help="a method class name, or 'all'")
@@ -158,13 +171,20 @@ def main() -> None:
         default=[],
         help="a method argument, e.g. BYOL.lr=0.5 (JSON values)",
     )
+    parser.add_argument(
+        "--stages",
+        action="append",
+        choices=["last", "all"],
+        help="features evaluated: the last stage (default) and/or all stages concatenated",
+    )
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=Path("benchmark_logs/probe_quality/results.jsonl")
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.set = {k: json.loads(v) for d in args.set for k, v in d.items()}
+    args.stages = tuple(args.stages or ["last"])
     names = list(METHODS) if "all" in (args.method or []) else (args.method or [])
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
@@ -185,13 +205,14 @@ def main() -> None:
         if name == "random init":
             L.seed_everything(args.seed)
             backbone = create_backbone(args.backbone, **args.backbone_kwargs)
-            row = {"method": name, **evaluate(backbone, data)}
+            row = {"method": name, **evaluate(backbone, data, args.stages)}
         else:
             row = run_method(args, name, data)
         with args.out.open("a") as f:
             f.write(json.dumps({**row, **setting}) + "\n")
     rows = [json.loads(line) for line in args.out.read_text().splitlines()]
     print_table(rows)
+    return rows
 
 
 if __name__ == "__main__":

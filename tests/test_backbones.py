@@ -29,6 +29,7 @@ from ssl_lightning.backbones import (
     registry,
 )
 from ssl_lightning.backbones.resnet import BasicBlock, Bottleneck
+from ssl_lightning.backbones.stages import resolve_stages, stage_features
 
 NATIVE = [name for name in list_backbones() if "/" not in name]
 
@@ -50,10 +51,19 @@ def _check_contract(model: nn.Module, x: Tensor, pooled_is_mean: bool = True) ->
     with torch.no_grad():
         feats = model.forward_features(x)
         out = model(x)
+        stages = model.forward_stages(x)
+        concatenated = stage_features(model, x, "all")
     assert out.shape == (batch, model.num_features)
     assert feats.ndim in (3, 4) and feats.shape[0] == batch
     if feats.ndim == 4 and pooled_is_mean:
         torch.testing.assert_close(out, feats.mean(dim=(2, 3)))
+    # Stages: the last is forward_features; "all" pools each (maps over h, w; tokens over
+    # the patch tokens) and concatenates them in order.
+    assert len(stages) >= 1 and all(t.ndim in (3, 4) and t.shape[0] == batch for t in stages)
+    torch.testing.assert_close(stages[-1], feats)
+    prefix = getattr(model, "num_prefix_tokens", 0)
+    pooled = [t.mean(dim=(2, 3)) if t.ndim == 4 else t[:, prefix:].mean(dim=1) for t in stages]
+    torch.testing.assert_close(concatenated, torch.cat(pooled, dim=1))
 
     model.train()
     model.zero_grad(set_to_none=True)
@@ -293,6 +303,58 @@ def test_convnet_quarter_resolution() -> None:
     assert model.num_features == 16
     assert model.forward_features(torch.randn(2, 3, 32, 48)).shape == (2, 16, 8, 12)
     assert create_backbone("convnet").num_features == 64
+
+
+def test_stages_of_convnet_and_resnet_are_their_blocks() -> None:
+    """Independent reference: the blocks run by hand, one after the other."""
+    x = torch.randn(2, 3, 32, 32)
+    convnet = create_backbone("convnet", width=4, depth=3).eval()
+    expected, h = [], x
+    for i in range(3):
+        h = convnet.features[4 * i : 4 * i + 4](h)
+        expected.append(h)
+    with torch.no_grad():
+        for got, want in zip(convnet.forward_stages(x), expected, strict=True):
+            torch.testing.assert_close(got, want)
+    resnet = create_backbone("resnet18", width=4).eval()
+    with torch.no_grad():
+        h = resnet.relu(resnet.bn1(resnet.conv1(x)))
+        got = resnet.forward_stages(x)
+        layers = (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        for layer, stage in zip(layers, got, strict=True):
+            h = layer(h)
+            torch.testing.assert_close(stage, h)
+    assert [t.shape[1:] for t in got] == [(4, 32, 32), (8, 16, 16), (16, 8, 8), (32, 4, 4)]
+
+
+def test_vit_stages_are_block_outputs() -> None:
+    vit = create_backbone("vit_tiny", dim=16, depth=3, num_heads=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stages = vit.forward_stages(x)
+        tokens = vit.embed_patches(x)
+        tokens = torch.cat([vit.cls_token.expand(2, -1, -1), tokens], dim=1)
+        for i, block in enumerate(vit.blocks):
+            tokens = block(tokens)
+            if i < 2:
+                torch.testing.assert_close(stages[i], tokens)
+        torch.testing.assert_close(stages[-1], vit.norm(tokens))
+        # "last" keeps the backbone's own pooling (here the patch-token mean).
+        torch.testing.assert_close(stage_features(vit, x, "last"), vit(x))
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [("last", [3]), ("all", [0, 1, 2, 3]), (1, [1]), ([0, -1], [0, 3]), (-2, [2])],
+)
+def test_resolve_stages(stages: Any, expected: list[int]) -> None:
+    assert resolve_stages(stages, 4) == expected
+
+
+@pytest.mark.parametrize("stages", ["first", 4, -5, [], [0, 7]])
+def test_resolve_stages_rejects_bad_selection(stages: Any) -> None:
+    with pytest.raises(ValueError, match="stages"):
+        resolve_stages(stages, 4)
 
 
 def test_convnet_depth_doubles_the_channels_per_block() -> None:

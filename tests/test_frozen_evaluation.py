@@ -32,6 +32,19 @@ def test_features_are_the_eval_mode_backbone_of_normalized_images() -> None:
     torch.testing.assert_close(features, expected)
 
 
+def test_features_of_chosen_stages_are_their_pooled_maps() -> None:
+    backbone = create_backbone("convnet", width=4, depth=3)
+    images = _images(6)
+    with torch.no_grad():
+        x = normalize(images.float() / 255, MEAN, STD)
+        first = backbone.eval().features[:4](x)  # block 0 by hand
+        second = backbone.features[4:8](first)
+    features = extract_features(backbone, images, MEAN, STD, batch_size=4, stages=[0, 1])
+    expected = torch.cat([first.mean(dim=(2, 3)), second.mean(dim=(2, 3))], dim=1)  # [6, 12]
+    torch.testing.assert_close(features, expected)
+    assert extract_features(backbone, images, MEAN, STD, stages="all").shape == (6, 4 + 8 + 16)
+
+
 def test_linear_classifier_reaches_the_optimum_of_its_objective() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 6, generator=g) * torch.tensor([1.0, 5.0, 0.1, 2.0, 1.0, 3.0]) + 2.0

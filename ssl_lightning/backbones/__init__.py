@@ -2,7 +2,9 @@
 
 Every backbone is an ``nn.Module`` with ``num_features: int``; ``forward`` maps images
 ``[B, 3, H, W]`` to pooled features ``[B, num_features]`` and ``forward_features`` returns
-the unpooled feature map ``[B, C, h, w]`` (or tokens ``[B, N, D]`` for transformers).
+the unpooled feature map ``[B, C, h, w]`` (or tokens ``[B, N, D]`` for transformers);
+``forward_stages`` returns every stage's output, the last being ``forward_features``'s
+(:mod:`~ssl_lightning.backbones.stages` pools and concatenates chosen stages).
 
 Examples:
     >>> from ssl_lightning.backbones import create_backbone, list_backbones
@@ -24,11 +26,13 @@ from ssl_lightning.backbones.registry import (
     register_family,
 )
 from ssl_lightning.backbones.resnet import ResNet
+from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_features
 from ssl_lightning.backbones.vit import VisionTransformer
 
 __all__ = [
     "ConvNet",
     "ResNet",
+    "Stages",
     "TimmBackbone",
     "TorchvisionBackbone",
     "UnknownBackboneError",
@@ -40,5 +44,7 @@ __all__ = [
     "register_backbone",
     "register_family",
     "resnet",
+    "resolve_stages",
+    "stage_features",
     "vit",
 ]

@@ -55,6 +55,14 @@ class ConvNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every block's output: ``[B, channels[i], H / 2^(i+1), W / 2^(i+1)]`` for block ``i``."""
+        stages = []
+        for i in range(0, len(self.features), 4):  # conv, norm, relu, pool per block
+            x = self.features[i : i + 4](x)
+            stages.append(x)
+        return stages
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled features: ``[B, 3, H, W] -> [B, num_features, H / 2^blocks, W / 2^blocks]``."""
         return self.features(x)

@@ -108,6 +108,10 @@ class TorchvisionBackbone(nn.Module):
             handle.remove()
         raise RuntimeError(f"torchvision/{self.name}: the feature hook was never reached")
 
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """One stage, :meth:`forward_features`: torchvision models expose no common stage list."""
+        return [self.forward_features(x)]
+
 
 def _raise_input(module: nn.Module, args: tuple[Tensor, ...]) -> None:
     raise _Captured(args[0])
@@ -150,6 +154,10 @@ class TimmBackbone(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled features ``[B, C, h, w]`` or tokens ``[B, N, D]``, as timm returns them."""
         return self.model.forward_features(x)
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """One stage, :meth:`forward_features`."""
+        return [self.forward_features(x)]
 
 
 def _import_timm() -> ModuleType:

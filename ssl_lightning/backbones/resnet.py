@@ -185,11 +185,17 @@ class ResNet(nn.Module):
             The final map ``[B, num_features, H / 8, W / 8]`` (CIFAR stem) or
             ``[B, num_features, H / 32, W / 32]`` (ImageNet stem), sizes rounded up.
         """
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The four stages' maps ``[B, C_i, h_i, w_i]``, ``C_i = 2^i * width * expansion``,
+        each half the previous side after the first; the last is :meth:`forward_features`."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stages.append(x)
+        return stages
 
     def forward(self, x: Tensor) -> Tensor:
         """Globally average-pooled features: ``[B, 3, H, W] -> [B, num_features]``."""

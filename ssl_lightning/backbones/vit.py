@@ -150,6 +150,18 @@ class VisionTransformer(nn.Module):
             tokens = block(tokens)
         return self.norm(tokens)
 
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every block's tokens ``[B, 1 + N, D]`` (class token first); the last one normalized,
+        as :meth:`forward_features` returns it."""
+        tokens = self.embed_patches(x)  # [B, N, D]
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        stages = []
+        for block in self.blocks:
+            tokens = block(tokens)
+            stages.append(tokens)
+        stages[-1] = self.norm(tokens)
+        return stages
+
     def forward_features(self, x: Tensor) -> Tensor:
         """All tokens: ``[B, 3, H, W] -> [B, 1 + N, D]``, class token first."""
         return self.forward_tokens(x)

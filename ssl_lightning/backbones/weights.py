@@ -7,16 +7,18 @@ types, so ``torch.load(path, weights_only=True)`` reads it anywhere, without thi
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ssl_lightning.files import atomic_write
+
 __all__ = [
     "WEIGHTS_KEYS",
+    "check_finite",
     "check_overwrite",
     "check_request",
     "is_weights",
@@ -28,17 +30,61 @@ __all__ = [
 WEIGHTS_KEYS = frozenset({"name", "kwargs", "state_dict"})
 
 
-def load_plain(path: Path, what: str, fix: str) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU; a missing or unreadable file is an
-    error that says ``what`` the file should be and how to ``fix`` it."""
+def load_plain(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a missing, truncated or unsafe file is an error
+    that names the file, says ``what`` it should be and how to ``fix`` it.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it cannot be read: cut short, not a torch file, or holding Python
+            objects other than tensors and plain containers (refused, never unpickled).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist; {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle error, a truncated zip, a file of another kind
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only=True refuses any pickled global that is not a tensor or plain type.
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"refusing to load {what} {str(path)!r}: it holds Python objects other than "
+            f"tensors and plain data, which could run code when unpickled ({first}). Only "
+            f"load files you trust; {fix}"
+        ) from err
+    except Exception as err:  # a truncated zip, a file of another kind
+        size = path.stat().st_size
+        if _is_zip_start(path):
+            raise ValueError(
+                f"{what} {str(path)!r} is truncated or corrupt ({size} bytes; "
+                f"{type(err).__name__}: {err}): it was cut off while being written (a full "
+                f"disk, a killed copy); use an earlier file; {fix}"
+            ) from err
         raise ValueError(
             f"cannot read {str(path)!r} as a {what} ({type(err).__name__}: {err}); {fix}"
         ) from err
+
+
+def _is_zip_start(path: Path) -> bool:
+    """Whether the file starts like the zip archive ``torch.save`` writes."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def check_finite(state_dict: dict[str, Tensor], source: str, fix: str) -> None:
+    """Raises ``ValueError`` naming the tensors of ``state_dict`` that hold NaN or infinity."""
+    bad = {}
+    for key, value in state_dict.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            count = int((~torch.isfinite(value)).sum())
+            if count:
+                bad[key] = (count, value.numel())
+    if bad:
+        shown = ", ".join(f"{k} ({n} of {total})" for k, (n, total) in list(bad.items())[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{source} has non-finite (NaN or infinite) weights in {len(bad)} tensor(s): "
+            f"{shown}{more}; the run that wrote them diverged. {fix}"
+        )
 
 
 def is_weights(content: Any) -> bool:
@@ -70,8 +116,8 @@ def write_weights(
 ) -> Path:
     """Saves a backbone's registry ``name``, factory ``kwargs`` and ``state_dict`` to ``path``.
 
-    The file appears complete or not at all (a temporary file in the same folder, then a
-    rename), and an existing file is replaced only with ``overwrite``.
+    The file appears complete or not at all (:func:`~ssl_lightning.files.atomic_write`), with
+    the umask's permissions, and an existing file is replaced only with ``overwrite``.
 
     Raises:
         FileExistsError: if ``path`` exists and ``overwrite`` is false.
@@ -84,15 +130,7 @@ def write_weights(
         # Own storage per tensor: a view would save the whole storage it points into.
         "state_dict": {k: v.detach().clone() for k, v in state_dict.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(content, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(content, f))
     return path
 
 
@@ -104,7 +142,7 @@ def read_weights(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if it is not such a file.
+        ValueError: if it is not such a file, or its weights hold NaN or infinity.
     """
     path = Path(path)
     content = load_plain(
@@ -117,6 +155,12 @@ def read_weights(path: str | Path) -> dict[str, Any]:
             f"{sorted(WEIGHTS_KEYS)}, found {found}. A Lightning checkpoint (.ckpt) is exported "
             "with `ssl-lightning export CHECKPOINT OUT.pt`"
         )
+    check_finite(
+        content["state_dict"],
+        f"weights file {str(path)!r}",
+        "Export a checkpoint from before the divergence, and lower model.lr (or use a more "
+        "stable precision) when training again",
+    )
     return content
 
 

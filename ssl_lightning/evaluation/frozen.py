@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ssl_lightning.backbones.stages import Stages, stage_features
 from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.datamodules.dataset import stratified_holdout
 from ssl_lightning.evaluation.knn import knn_predict
@@ -43,11 +44,13 @@ def extract_features(
     std: Sequence[float],
     batch_size: int = 512,
     progress: bool = False,
+    stages: Stages = "last",
 ) -> Tensor:
     """Pooled features ``[N, D]`` (float32, CPU) of uint8 images ``[N, 3, H, W]``.
 
     The images are normalized with ``mean``/``std`` and run through ``backbone`` in eval mode
     on the backbone's device, ``batch_size`` at a time; the backbone's mode is restored.
+    ``stages`` selects the pooled stages (:func:`~ssl_lightning.backbones.stage_features`).
     """
     device = next(backbone.parameters()).device
     was_training = backbone.training
@@ -57,7 +60,7 @@ def extract_features(
         batches = images.split(batch_size)
         for batch in tqdm(batches, desc="features", unit="batch", disable=not progress):
             x = normalize(batch.to(device).float().div_(255), tuple(mean), tuple(std))
-            chunks.append(backbone(x).float().cpu())
+            chunks.append(stage_features(backbone, x, stages).float().cpu())
         return torch.cat(chunks)
     finally:
         backbone.train(was_training)
@@ -153,6 +156,7 @@ def frozen_evaluation(
     k: int = 200,
     temperature: float = 0.1,
     progress: bool = False,
+    stages: Stages = "last",
 ) -> FrozenResult:
     """Linear and kNN accuracy of ``backbone``'s frozen features of clean images.
 
@@ -168,9 +172,11 @@ def frozen_evaluation(
         k: kNN neighbours.
         temperature: kNN vote temperature.
         progress: show a progress bar over the feature extraction.
+        stages: the backbone stages whose pooled features are evaluated: ``"last"`` (the
+            pooled output), ``"all"`` (every stage, concatenated) or stage indices.
     """
-    train_x = extract_features(backbone, train_images, mean, std, batch_size, progress)
-    test_x = extract_features(backbone, test_images, mean, std, batch_size, progress)
+    train_x = extract_features(backbone, train_images, mean, std, batch_size, progress, stages)
+    test_x = extract_features(backbone, test_images, mean, std, batch_size, progress, stages)
     num_classes = int(train_labels.max()) + 1
     classifier = fit_linear_classifier(train_x, train_labels, num_classes)
     logits = classifier.logits(test_x)  # [M, C]
