@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ssl_lightning.datamodules import Batch, PatchMask
+from ssl_lightning.datamodules.corruptions import ViewTransform
 from ssl_lightning.datamodules.corruptions.masking import sample_patch_mask
 from ssl_lightning.layers import mask_to_pixels
 
@@ -88,6 +89,17 @@ def test_noise_fill_is_seeded_uniform_noise_on_hidden_pixels() -> None:
     assert ((noise >= 0) & (noise < 1)).all() and noise.std() > 0.2
     assert (batch.views[0][~hidden] == 2.0).all()
     assert torch.equal(_call(corruption, images, seed=5).views[0], batch.views[0])
+
+
+def test_view_augments_before_masking_and_the_clean_target_is_the_view() -> None:
+    images = torch.rand(3, 3, 16, 16)
+    view = ViewTransform(crop_scale=(0.3, 1.0), jitter_p=0.0, grayscale_p=0.0)
+    batch = PatchMask(4, 0.5, view=view)(images, torch.zeros(3), torch.Generator().manual_seed(1))
+    augmented = view(images, torch.Generator().manual_seed(1))  # drawn first, same seed
+    assert batch.clean is not None and batch.mask is not None
+    torch.testing.assert_close(batch.clean, augmented)
+    hidden = batch.mask.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None]  # [3, 1, 16, 16]
+    torch.testing.assert_close(batch.views[0], augmented.masked_fill(hidden, 0.0))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ssl_lightning import RotationPrediction
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
-from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.datamodules.corruptions import ViewTransform, normalize
 from ssl_lightning.datamodules.corruptions.rotation import rotate
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
@@ -43,6 +43,18 @@ def test_random_mode_rotates_each_image_by_its_own_target() -> None:
         assert torch.equal(batch.views[0][i], expected)
     again = _rotations("random", images, seed=1)
     assert again.targets is not None and torch.equal(again.targets, batch.targets)
+
+
+def test_view_augments_once_then_every_copy_is_rotated() -> None:
+    """Reference: the same view with the same seed, then torch.rot90 per image."""
+    images = torch.rand(4, 3, 16, 16)
+    view = ViewTransform(crop_scale=(0.3, 1.0), jitter_p=0.0, grayscale_p=0.0)
+    batch = Rotations("all", view=view)(images, torch.arange(4), torch.Generator().manual_seed(3))
+    augmented = view(images, torch.Generator().manual_seed(3))
+    assert not torch.equal(augmented, images)
+    for k, rotated in enumerate(batch.views):
+        for i in range(4):
+            assert torch.equal(rotated[i], torch.rot90(augmented[i], k, dims=(1, 2)))
 
 
 def test_rotate_matches_rot90_per_image() -> None:

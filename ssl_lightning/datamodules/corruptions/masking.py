@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions.base import Corruption
+from ssl_lightning.datamodules.corruptions.view import ViewTransform
 from ssl_lightning.layers import mask_to_pixels
 
 __all__ = ["PatchMask", "check_mask_ratio", "require_mask", "sample_patch_mask"]
@@ -76,12 +77,15 @@ class PatchMask(Corruption):
     - ``"mean"``: each image's per-channel mean over its *visible* pixels, so the fill carries
       no information about the hidden ones.
 
-    Returns ``Batch(views=[masked], labels, mask=[B, h, w] bool, clean=images)``.
+    Returns ``Batch(views=[masked], labels, mask=[B, h, w] bool, clean=images)``; with a
+    ``view``, ``images`` are first augmented (e.g. cropped and flipped) and ``clean`` is the
+    augmented image, the reconstruction target.
 
     Args:
         patch_size: side of a square patch in pixels; must divide the image height and width.
         mask_ratio: fraction of the patches to hide, in ``(0, 1)``.
         fill: value of the hidden pixels, ``"zero"``, ``"noise"`` or ``"mean"``.
+        view: augmentation applied before masking; ``None`` masks the images as they are.
 
     Examples:
         >>> batch = PatchMask(patch_size=4, mask_ratio=0.75)(
@@ -91,7 +95,13 @@ class PatchMask(Corruption):
         (torch.Size([2, 8, 8]), [48, 48])
     """
 
-    def __init__(self, patch_size: int = 4, mask_ratio: float = 0.75, fill: Fill = "zero") -> None:
+    def __init__(
+        self,
+        patch_size: int = 4,
+        mask_ratio: float = 0.75,
+        fill: Fill = "zero",
+        view: ViewTransform | None = None,
+    ) -> None:
         if patch_size < 1:
             raise ValueError(
                 f"patch_size={patch_size!r} is invalid: expected a positive int "
@@ -106,6 +116,7 @@ class PatchMask(Corruption):
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
         self.fill = fill
+        self.view = view
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid ``(h, w)`` of ``height x width`` images; raises if the patch misfits."""
@@ -132,6 +143,8 @@ class PatchMask(Corruption):
         return count
 
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
+        if self.view is not None:
+            images = self.view(images, generator)
         batch, _, height, width = images.shape
         h, w = self.grid_size(height, width)
         mask = sample_patch_mask(batch, h, w, self.num_masked(height, width), generator)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions.base import Corruption
+from ssl_lightning.datamodules.corruptions.view import ViewTransform
 
 __all__ = ["Rotations", "rotate"]
 
@@ -51,9 +52,12 @@ class Rotations(Corruption):
       datamodule's CPU generator; ``targets`` is ``[B]``.
 
     In both modes ``labels`` stays ``[B]``, aligned with each view. Images must be square.
+    With a ``view``, every image is first augmented once (e.g. cropped and flipped, as RotNet
+    trains on CIFAR) and its rotated copies are copies of that augmented image.
 
     Args:
         mode: ``"all"`` (four copies of every image) or ``"random"`` (one per image).
+        view: augmentation applied before rotating; ``None`` rotates the images as they are.
 
     Examples:
         >>> batch = Rotations()(torch.rand(2, 3, 32, 32), torch.tensor([3, 5]),
@@ -62,15 +66,20 @@ class Rotations(Corruption):
         (4, [0, 0, 1, 1, 2, 2, 3, 3])
     """
 
-    def __init__(self, mode: Literal["all", "random"] = "all") -> None:
+    def __init__(
+        self, mode: Literal["all", "random"] = "all", view: ViewTransform | None = None
+    ) -> None:
         if mode not in ("all", "random"):
             raise ValueError(
                 f"mode={mode!r} is invalid: expected 'all' or 'random' "
                 "(set data.corruption.init_args.mode)"
             )
         self.mode = mode
+        self.view = view
 
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
+        if self.view is not None:
+            images = self.view(images, generator)
         batch, _, height, width = images.shape
         if height != width:
             raise ValueError(
