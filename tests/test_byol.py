@@ -269,6 +269,12 @@ def test_default_views_are_byols_without_blur_for_small_images() -> None:
     view1, view2 = BYOL(**TINY).default_corruption().views  # type: ignore[attr-defined]
     assert (view1.blur_p, view1.solarize_p) == (0.0, 0.0)
     assert (view2.blur_p, view2.solarize_p) == (0.0, 0.2)
+    # The rest is the paper's Table 6, written out: jitter (0.4, 0.4, 0.2, 0.1) with p 0.8,
+    # grayscale p 0.2, crops from (0.08, 1) of the area, flips with p 0.5.
+    for view in (view1, view2):
+        jitter = (view.brightness, view.contrast, view.saturation, view.hue, view.jitter_p)
+        assert jitter == (0.4, 0.4, 0.2, 0.1, 0.8)
+        assert (view.grayscale_p, view.crop_scale, view.flip_p) == (0.2, (0.08, 1.0), 0.5)
     images = torch.rand(4, 3, 32, 32)
     plain = BYOLViews(view1=view1, view2=view2)(images, torch.zeros(4), torch.Generator())
     assert [v.shape for v in plain.views] == [images.shape, images.shape]

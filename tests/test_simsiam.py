@@ -91,7 +91,12 @@ def test_step_is_the_loss_of_its_own_heads_with_one_backbone_pass() -> None:
     z1, z2 = (model.projector(model.backbone(x)) for x in (x1, x2))
     p1, p2 = model.predictor(z1), model.predictor(z2)
     assert out.loss.item() == pytest.approx(simsiam_reference(p1, p2, z1, z2), rel=1e-5)
-    expected = simsiam_loss(p1, p2, z1.detach(), z2.detach())
+
+    def d(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # Algorithm 1's D(p, z), in torch
+        z = z.detach()  # the stop-gradient
+        return -((p * z).sum(dim=1) / (p.norm(dim=1) * z.norm(dim=1))).mean()
+
+    expected = d(p1, z2) / 2 + d(p2, z1) / 2
     weight = model.projector.layers[0].weight
     (grad_step,) = torch.autograd.grad(out.loss, weight)
     (grad_expected,) = torch.autograd.grad(expected, weight)
