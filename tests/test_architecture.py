@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "ssl_lightning"
-BLOCKS = ["layers.py", "losses", "heads.py", "optim.py", "momentum.py", "distributed.py"]
+BLOCKS = [
+    "layers.py",
+    "losses",
+    "heads.py",
+    "optim.py",
+    "momentum.py",
+    "distributed.py",
+    "files.py",
+]
 
 
 def _sources(*parts: str) -> list[Path]:
