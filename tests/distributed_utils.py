@@ -1,4 +1,4 @@
-"""Runs a function on N CPU processes joined in a gloo process group."""
+"""Runs a function on N forked CPU processes joined in a gloo process group."""
 
 from __future__ import annotations
 
@@ -32,9 +32,15 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, a
 
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     """Calls ``fn(rank, world_size, *args)`` on each of ``world_size`` processes; returns the
-    per-rank results (saved with ``torch.save``) in rank order. ``fn`` must be importable."""
+    per-rank results (saved with ``torch.save``) in rank order.
+
+    The processes are forked: they start in milliseconds with everything already imported
+    (spawned ones would import torch and Lightning again, seconds each). Each uses one thread.
+    """
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, (world_size, _free_port(), out_dir, fn, args), nprocs=world_size)
+        mp.start_processes(
+            _worker, (world_size, _free_port(), out_dir, fn, args), world_size, start_method="fork"
+        )
         return [
             torch.load(Path(out_dir) / f"{r}.pt", weights_only=False) for r in range(world_size)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -32,6 +33,7 @@ def _fit(
     stop: int | None = None,
     ckpt_path: Path | None = None,
     corruption: Corruption | None = None,
+    **trainer_kwargs: Any,
 ) -> SSLMethod:
     L.seed_everything(0, verbose=False)
     model = make_model()
@@ -44,6 +46,7 @@ def _fit(
         limit_val_batches=0,
         enable_checkpointing=stop is not None,
         callbacks=callbacks,
+        **trainer_kwargs,
     )
     data = ImageFolderDataModule(
         SAMPLE, batch_size=16, cache_dir=root.parent / "cache", corruption=corruption
@@ -58,15 +61,18 @@ def straight_and_resumed(
     total: int,
     stop: int,
     corruption: Corruption | None = None,
+    **trainer_kwargs: Any,
 ) -> tuple[SSLMethod, SSLMethod, Path]:
     """Fits ``total`` steps straight, and ``stop`` steps + a checkpoint + a resume from it for
     the rest (the same schedule: the first part stops early, as a crash would), with
     ``corruption`` (the method's default when ``None``). Returns both final models and the
-    checkpoint written at ``stop``."""
-    straight = _fit(make_model, tmp_path / "straight", total, corruption=corruption)
-    _fit(make_model, tmp_path / "first", total, stop=stop, corruption=corruption)
+    checkpoint written at ``stop``. ``trainer_kwargs`` go to every trainer (``devices=2,
+    strategy="ddp"`` inside a 2-process group)."""
+    kwargs = dict(corruption=corruption, **trainer_kwargs)
+    straight = _fit(make_model, tmp_path / "straight", total, **kwargs)
+    _fit(make_model, tmp_path / "first", total, stop=stop, **kwargs)
     (ckpt,) = (tmp_path / "first" / "ckpt").glob("*.ckpt")
-    resumed = _fit(make_model, tmp_path / "resumed", total, ckpt_path=ckpt, corruption=corruption)
+    resumed = _fit(make_model, tmp_path / "resumed", total, ckpt_path=ckpt, **kwargs)
     return straight, resumed, ckpt
 
 

@@ -1,5 +1,6 @@
 """Collectives and the contrastive loss on 2 gloo processes, against one process."""
 
+import pytest
 import torch
 
 from ssl_lightning import distributed
@@ -25,6 +26,7 @@ def _gather_rank(rank: int, world_size: int) -> dict:
     }
 
 
+@pytest.mark.distributed
 def test_gather_concatenates_in_rank_order_and_sums_gradients() -> None:
     results = run_distributed(_gather_rank, WORLD)
     expected = torch.cat([torch.zeros(2, 3), torch.ones(2, 3)])
@@ -49,6 +51,7 @@ def _nt_xent_rank(rank: int, world_size: int) -> dict:
     return {"loss": loss.detach(), "grad": local.grad}
 
 
+@pytest.mark.distributed
 def test_nt_xent_across_ranks_equals_one_process_on_the_whole_batch() -> None:
     results = run_distributed(_nt_xent_rank, WORLD)
     full = _full_embeddings().requires_grad_(True)

@@ -69,7 +69,8 @@ def dino_loss(
             f"{teacher_temperature}"
         )
     targets = F.softmax((teacher.detach().float() - center) / teacher_temperature, dim=-1)
-    log_probs = F.log_softmax(student.float() / student_temperature, dim=-1)  # [V, B, K]
+    # At least float32 (bf16 logits), float64 when training in float64 (the center's dtype).
+    log_probs = F.log_softmax(student.to(targets.dtype) / student_temperature, dim=-1)  # [V, B, K]
     cross_entropy = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
     other_view = ~torch.eye(num_global, num_views, dtype=torch.bool, device=student.device)
     return cross_entropy[other_view].mean()
