@@ -110,9 +110,12 @@ def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule)
 
 
 def evaluate(
-    backbone: torch.nn.Module, data: ImageFolderDataModule, stages: tuple[str, ...] = ("last",)
+    backbone: torch.nn.Module,
+    data: ImageFolderDataModule,
+    stages: tuple[str | int, ...] = ("last",),
 ) -> dict:
-    """Frozen evaluation of each stage selection; keys of ``"all"`` are prefixed ``all_``."""
+    """Frozen evaluation of each stage selection; keys of ``"all"`` are prefixed ``all_``,
+    those of stage ``i`` ``stage{i}_``."""
     assert data.train_set is not None and data.val_set is not None
     row: dict[str, Any] = {}
     for selection in stages:
@@ -128,7 +131,7 @@ def evaluate(
             stages=selection,  # type: ignore[arg-type]
         )
         print(f"  frozen evaluation ({selection}) in {time.perf_counter() - start:.0f} s: {result}")
-        prefix = "" if selection == "last" else f"{selection}_"
+        prefix = {"last": "", "all": "all_"}.get(str(selection), f"stage{selection}_")
         row |= {
             f"{prefix}linear_top1": result.linear_top1,
             f"{prefix}linear_top5": result.linear_top5,
@@ -174,8 +177,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--stages",
         action="append",
-        choices=["last", "all"],
-        help="features evaluated: the last stage (default) and/or all stages concatenated",
+        type=lambda s: s if s in ("last", "all") else int(s),
+        help="features evaluated, repeatable: 'last' (default), 'all' stages concatenated, or "
+        "one stage's index",
     )
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
