@@ -140,21 +140,29 @@ def mask_to_pixels(mask: Tensor, patch_size: int) -> Tensor:
     return pixels.unsqueeze(1)
 
 
-def visible_index(mask: Tensor) -> Tensor:
+def visible_index(mask: Tensor, num_hidden: int) -> Tensor:
     """Row-major indices of the visible patches of each image.
 
+    The count of hidden patches comes from the caller (the mask's maker knows it): reading it
+    from the mask would make the host wait for the device every step. A row that hides
+    another count fails an asynchronous device check (a ``RuntimeError`` on the CPU, a
+    device-side assert on an accelerator) instead of silently feeding hidden patches.
+
     Args:
-        mask: ``[B, N]`` bool, ``True`` = hidden; every row hides the same number of patches.
+        mask: ``[B, N]`` bool, ``True`` = hidden; every row hides ``num_hidden`` patches.
+        num_hidden: hidden patches per image, in ``[0, N]``.
 
     Returns:
-        ``[B, N - hidden]`` int64, the visible patch indices of each image in increasing order.
+        ``[B, N - num_hidden]`` int64, the visible patch indices of each image in increasing
+        order.
     """
-    hidden = mask.sum(dim=1)  # [B]
-    if not bool((hidden == hidden[0]).all()):
-        raise ValueError(
-            f"every image must hide the same number of patches to batch the visible ones, got "
-            f"{sorted(set(hidden.tolist()))}; use PatchMask, which hides an exact count"
-        )
+    if not 0 <= num_hidden <= mask.shape[1]:
+        raise ValueError(f"num_hidden must be in [0, {mask.shape[1]}], got {num_hidden}")
+    torch._assert_async(
+        (mask.sum(dim=1) == num_hidden).all(),
+        f"every image must hide the same number of patches ({num_hidden}) to batch the visible "
+        "ones; use PatchMask, which hides an exact count",
+    )
     # A stable sort of 0 (visible) / 1 (hidden) keys puts the visible patches first, in order.
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # [B, N]
-    return order[:, : mask.shape[1] - int(hidden[0])]
+    return order[:, : mask.shape[1] - num_hidden]

@@ -60,7 +60,8 @@ def test_monitor_accuracy_equals_brute_force_over_the_epochs_features(tmp_path: 
         def on_validation_batch_end(self, trainer, pl_module, outputs, *args) -> None:
             val.append((outputs["features"].clone(), outputs["labels"].clone()))
 
-    recorder, knn = Recorder(), KNNMonitor(k=5, temperature=0.07, bank_size=40)
+    recorder = Recorder()
+    knn = KNNMonitor(k=5, temperature=0.07, bank_size=40, bank="augmented")
     trainer = tiny_trainer(
         tmp_path, max_epochs=1, limit_train_batches=4, callbacks=[recorder, ValRecorder(), knn]
     )
@@ -80,8 +81,10 @@ def test_unlabeled_training_features_stay_out_of_the_bank() -> None:
     knn.add_train(torch.randn(6, 5), torch.tensor([0, -1, 1, -1, -1, 2]))
     knn.prepare_bank(1, torch.device("cpu"))
     assert knn._bank is not None and knn._bank[1].tolist() == [0, 1, 2]
+    # A label out of range is reported when the bank is prepared (not synced every step).
+    knn.add_train(torch.randn(2, 5), torch.tensor([1, 9]))
     with pytest.raises(ValueError, match="num_classes=4"):
-        knn.add_train(torch.randn(2, 5), torch.tensor([1, 9]))
+        knn.prepare_bank(1, torch.device("cpu"))
 
 
 def _knn_data() -> tuple[Tensor, Tensor, Tensor]:

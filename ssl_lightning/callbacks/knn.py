@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from ssl_lightning import distributed
-from ssl_lightning.callbacks.linear_probe import datamodule_num_classes, step_features
+from ssl_lightning.callbacks.common import (
+    LabelRange,
+    datamodule_num_classes,
+    step_features,
+    warn_if_no_validation,
+)
+from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.evaluation.knn import knn_predict
 
 __all__ = ["KNNMonitor", "gather_variable"]
@@ -34,25 +41,33 @@ def gather_variable(x: Tensor) -> Tensor:
 
 
 class KNNMonitor(L.Callback):
-    """Weighted kNN top-1 accuracy of validation features against this epoch's training features.
+    """Weighted kNN top-1 accuracy of validation features against training features.
 
-    During each training epoch the monitor stores the L2-normalized ``features`` and
-    ``labels`` that ``training_step`` returns (labeled ones only, at most ``bank_size`` in
-    total across ranks, newest kept). At validation, every rank gathers the banks of all
-    ranks, classifies its own validation features with :func:`knn_predict`, and the correct
-    and total counts are summed across ranks: the accuracy of all queries against the whole
-    bank. Logs ``knn/val_acc``.
+    The bank holds L2-normalized features of labeled training images, at most ``bank_size``
+    across ranks:
 
-    The bank is rebuilt every epoch and is not stored in checkpoints (it can hold hundreds
-    of MB): after a mid-epoch resume, that epoch's bank starts at the resume point.
+    - ``bank="clean"`` (the standard monitor, as in InstDisc and lightly): at each validation
+      the current backbone embeds the clean (un-augmented, normalized) training images of the
+      datamodule, a fixed seeded sample of ``bank_size`` of them. It costs one forward pass
+      over those images per validation and nothing per training step. Needs an in-memory
+      datamodule (one with ``train_set``); other datamodules fall back to ``"augmented"``.
+    - ``bank="augmented"``: the ``features`` ``training_step`` returned during the epoch (of
+      the augmented views, from weights that changed along the epoch), newest kept: free,
+      but it scores lower than the clean bank. Rebuilt every epoch and not checkpointed.
+
+    At validation every rank gathers the banks of all ranks, classifies its own validation
+    features with :func:`knn_predict`, and the correct and total counts are summed across
+    ranks: the accuracy of all queries against the whole bank. Logs ``knn/val_acc``, and
+    ``test/knn_acc`` in ``trainer.test``. Nothing in a training step waits for the device.
 
     Args:
         k: neighbours per query.
         temperature: vote temperature (0.1 in the InstDisc paper, 0.07 in many repos).
-        bank_size: most training features kept, over all ranks; ``None`` keeps the epoch.
-        chunk_size: queries scored at once (memory: ``chunk_size * bank`` floats).
+        bank_size: most training features in the bank, over all ranks; ``None`` keeps all.
+        chunk_size: queries scored (and clean images embedded) at once.
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
         prefix: prefix of the logged name.
+        bank: ``"clean"`` training images or the epoch's ``"augmented"`` step features.
 
     Examples:
         >>> trainer = L.Trainer(callbacks=[KNNMonitor(k=200, bank_size=50_000)])  # doctest: +SKIP
@@ -66,6 +81,7 @@ class KNNMonitor(L.Callback):
         chunk_size: int = 1024,
         num_classes: int | None = None,
         prefix: str = "knn",
+        bank: Literal["clean", "augmented"] = "clean",
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -75,15 +91,19 @@ class KNNMonitor(L.Callback):
             raise ValueError(f"bank_size must be >= 1 or None, got {bank_size}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if bank not in ("clean", "augmented"):
+            raise ValueError(f"bank must be 'clean' or 'augmented', got {bank!r}")
         self.k = k
         self.temperature = temperature
         self.bank_size = bank_size
         self.chunk_size = chunk_size
         self.num_classes = num_classes
         self.prefix = prefix
+        self.bank = bank
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._stored = 0
+        self._range = LabelRange("KNNMonitor")
         self._bank: tuple[Tensor, Tensor] | None = None
         self._counts: Tensor | None = None
 
@@ -94,6 +114,16 @@ class KNNMonitor(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes is None:
             self.num_classes = datamodule_num_classes(trainer, "KNNMonitor")
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.bank == "clean" and getattr(datamodule, "train_set", None) is None:
+            rank_zero_warn(
+                "KNNMonitor(bank='clean') needs a datamodule with in-memory training images "
+                "(train_set); using the augmented training features of each epoch instead"
+            )
+            self.bank = "augmented"
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        warn_if_no_validation(trainer, "KNNMonitor", f"{self.prefix}/val_acc")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._features, self._labels, self._stored = [], [], 0
@@ -106,12 +136,17 @@ class KNNMonitor(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self.add_train(*step_features(outputs, "training_step"), trainer.world_size)
+        if self.bank == "augmented" and outputs:
+            self.add_train(*step_features(outputs, "training_step"), trainer.world_size)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._bank, self._counts = None, None
         if not trainer.sanity_checking:
-            self.prepare_bank(trainer.world_size, pl_module.device)
+            self._start_scoring(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bank, self._counts = None, None
+        self._start_scoring(trainer, pl_module)
 
     def on_validation_batch_end(
         self,
@@ -125,23 +160,33 @@ class KNNMonitor(L.Callback):
         if self._bank is not None:
             self.score(*step_features(outputs, "validation_step"))
 
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._bank is not None:
+            self.score(*step_features(outputs, "test_step"))
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         accuracy = self.compute()
         if accuracy is not None:
             pl_module.log(f"{self.prefix}/val_acc", accuracy)
 
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        accuracy = self.compute()
+        if accuracy is not None:
+            pl_module.log(f"test/{self.prefix}_acc", accuracy)
+
     def add_train(self, features: Tensor, labels: Tensor, world_size: int = 1) -> None:
-        """Adds the labeled rows of training ``features`` ``[N, D]`` to this rank's bank."""
-        keep = labels >= 0
-        features, labels = features[keep], labels[keep]
-        if labels.numel() == 0:
-            return
+        """Adds training ``features`` ``[N, D]`` and ``labels`` ``[N]`` to this rank's bank
+        (unlabeled rows leave at :meth:`prepare_bank`; nothing here waits for the device)."""
         assert self.num_classes is not None, "setup() resolves num_classes"
-        if int(labels.max()) >= self.num_classes:
-            raise ValueError(
-                f"KNNMonitor got label {int(labels.max())} with num_classes={self.num_classes}; "
-                f"pass KNNMonitor(num_classes=...) of at least {int(labels.max()) + 1}"
-            )
+        labels = self._range.observe(labels, self.num_classes)
         self._features.append(F.normalize(features.detach().float(), dim=1))  # [n, D]
         self._labels.append(labels)
         self._stored += labels.shape[0]
@@ -150,14 +195,31 @@ class KNNMonitor(L.Callback):
             self._stored -= self._features.pop(0).shape[0]
             self._labels.pop(0)
 
+    def embed_clean(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fills this rank's bank with the features of its share of a fixed seeded sample of
+        ``bank_size`` clean training images (all ranks together: the whole sample)."""
+        datamodule: Any = getattr(trainer, "datamodule", None)
+        train_set = datamodule.train_set
+        count = len(train_set)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(0))
+        rows = order[: self.bank_size][trainer.global_rank :: trainer.world_size].sort().values
+        self._features, self._labels, self._stored = [], [], 0
+        for chunk in rows.split(self.chunk_size):
+            images, labels = train_set.__getitems__(chunk.tolist())  # host tensors
+            x = images.to(pl_module.device).float().div_(255)
+            x = normalize(x, datamodule.mean, datamodule.std)
+            self.add_train(pl_module(x), labels.to(pl_module.device), trainer.world_size)
+
     def prepare_bank(self, world_size: int, device: torch.device) -> None:
-        """Gathers every rank's bank (all ranks must call it) and resets the counts."""
+        """Gathers every rank's labeled bank rows (all ranks must call it); resets the counts."""
+        assert self.num_classes is not None, "setup() resolves num_classes"
+        self._range.check(self.num_classes)
         limit = self._rank_limit(world_size)
-        local = (
-            (torch.cat(self._features)[-limit:], torch.cat(self._labels)[-limit:])
-            if self._features
-            else None
-        )
+        local = None
+        if self._features:
+            features, labels = torch.cat(self._features)[-limit:], torch.cat(self._labels)[-limit:]
+            keep = labels >= 0  # once per validation: a sync here is fine
+            local = (features[keep], labels[keep])
         # Every rank joins the gathers, with an empty bank if it has none.
         dim = torch.tensor([local[0].shape[1] if local else 0], device=device)
         num_features = int(gather_variable(dim).max())
@@ -173,13 +235,15 @@ class KNNMonitor(L.Callback):
         self._counts = torch.zeros(2, device=device)  # [correct, total]
 
     def score(self, features: Tensor, labels: Tensor) -> None:
-        """Classifies validation ``features`` ``[N, D]`` against the bank; counts the hits."""
+        """Classifies validation ``features`` ``[N, D]`` against the bank; counts the hits of
+        the labeled ones."""
         assert self._bank is not None and self._counts is not None, "call prepare_bank first"
         assert self.num_classes is not None
-        keep = labels >= 0
         bank, bank_labels = self._bank
+        if bank.shape[0] == 0:
+            return
         predicted = knn_predict(
-            features[keep],
+            features,
             bank,
             bank_labels,
             self.num_classes,
@@ -187,8 +251,9 @@ class KNNMonitor(L.Callback):
             self.temperature,
             self.chunk_size,
         )
-        self._counts[0] += (predicted == labels[keep]).sum()
-        self._counts[1] += predicted.shape[0]
+        labeled = labels >= 0
+        self._counts[0] += ((predicted == labels) & labeled).sum()
+        self._counts[1] += labeled.sum()
 
     def compute(self) -> float | None:
         """Accuracy over every rank's queries (all ranks must call it); ``None`` if none."""
@@ -197,6 +262,11 @@ class KNNMonitor(L.Callback):
         counts = distributed.all_reduce_mean(self._counts)  # the ratio of means is the global one
         self._bank, self._counts = None, None
         return (counts[0] / counts[1]).item() if counts[1].item() > 0 else None
+
+    def _start_scoring(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bank == "clean":
+            self.embed_clean(trainer, pl_module)
+        self.prepare_bank(trainer.world_size, pl_module.device)
 
     def _rank_limit(self, world_size: int) -> int:
         """Features each rank keeps: its share of ``bank_size``."""

@@ -7,41 +7,20 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_lightning import distributed
+from ssl_lightning.callbacks.common import (
+    LabelRange,
+    datamodule_num_classes,
+    place_optimizer_state,
+    step_features,
+    step_where,
+    warn_if_no_validation,
+)
 
 __all__ = ["OnlineLinearProbe", "datamodule_num_classes", "step_features"]
-
-
-def step_features(outputs: Any, hook: str) -> tuple[Tensor, Tensor]:
-    """``(features [N, D], labels [N])`` from a step's output dict, or a clear error."""
-    if not isinstance(outputs, dict) or "features" not in outputs or "labels" not in outputs:
-        found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-        raise ValueError(
-            f"the callback reads `features` and `labels` from the output of {hook}, but it "
-            f"returned {found}; use an SSLMethod (its steps return {{'features', 'labels'}}) or "
-            "return them from your own step"
-        )
-    features, labels = outputs["features"], outputs["labels"]
-    if features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise ValueError(
-            f"{hook} returned features {tuple(features.shape)} and labels "
-            f"{tuple(labels.shape)}; expected pooled features [N, D] and labels [N]"
-        )
-    return features, labels
-
-
-def datamodule_num_classes(trainer: L.Trainer, callback: str) -> int:
-    """The datamodule's ``num_classes``, or an error telling ``callback``'s user what to pass."""
-    num_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"{callback} needs labels, but the datamodule reports num_classes={num_classes!r}; "
-            f"pass {callback}(num_classes=...) or remove the callback"
-        )
-    return num_classes
 
 
 class OnlineLinearProbe(L.Callback):
@@ -50,7 +29,9 @@ class OnlineLinearProbe(L.Callback):
     The probe reads ``features`` ``[N, D]`` and ``labels`` ``[N]`` from ``training_step``'s
     output (no second backbone pass), takes one step of its own optimizer on them in float32
     (autocast off, whatever the trainer's precision), and scores the ``validation_step``
-    features. Unlabeled samples (label ``-1``) are skipped.
+    features. Unlabeled samples (label ``-1``) are skipped; a step with no labeled sample on
+    any rank leaves the head and its optimizer unchanged. Nothing in a step waits for the
+    device: labels out of range are reported at the end of the epoch.
 
     Under DDP every rank holds the same head: it starts at zero (the problem is convex, and
     zero needs no broadcast), and each step uses the gradient of the mean loss over the
@@ -58,9 +39,12 @@ class OnlineLinearProbe(L.Callback):
     is the step one process would take on the concatenated batch.
 
     Logs ``probe/train_loss`` and ``probe/train_acc`` every step (global batch values, from the
-    same all-reduce) and ``probe/val_acc_top1`` / ``probe/val_acc_top5`` every validation
-    (torchmetrics, synced across ranks; top-5 only with more than 5 classes). Its head and
-    optimizer state go into checkpoints and are restored on resume.
+    same all-reduce; NaN for a step without labels), ``probe/val_acc_top1`` /
+    ``probe/val_acc_top5`` every validation and ``test/probe_acc_top1`` / ``..._top5`` in
+    ``trainer.test`` (summed over ranks; top-5 only with more than 5 classes, and a sample
+    counted in top-1 always counts in top-5). A probe that has not trained (``validate`` or
+    ``test`` of a checkpoint saved without it) logs nothing and warns. Its head and optimizer
+    state go into checkpoints and are restored on resume.
 
     Args:
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
@@ -95,9 +79,9 @@ class OnlineLinearProbe(L.Callback):
         self.prefix = prefix
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.val_top1: MulticlassAccuracy | None = None
-        self.val_top5: MulticlassAccuracy | None = None
-        self._val_seen = 0
+        self.trained = False
+        self._labels = LabelRange("OnlineLinearProbe")
+        self._counts: Tensor | None = None  # [3]: top-1 hits, top-5 hits, labeled samples
         self._pending_state: dict[str, Any] | None = None
 
     @property
@@ -108,6 +92,9 @@ class OnlineLinearProbe(L.Callback):
         if self.num_classes is None:
             self.num_classes = datamodule_num_classes(trainer, "OnlineLinearProbe")
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        warn_if_no_validation(trainer, "OnlineLinearProbe", f"{self.prefix}/val_acc_top1")
+
     def on_train_batch_end(
         self,
         trainer: L.Trainer,
@@ -116,26 +103,32 @@ class OnlineLinearProbe(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if not outputs:  # a step the method skipped (it returned None)
+            return
         features, labels = step_features(outputs, "training_step")
-        stats = self.update(features, labels)
-        if stats is not None:
-            loss, accuracy = stats
-            batch_size = labels.shape[0]
-            pl_module.log(f"{self.prefix}/train_loss", loss, batch_size=batch_size)
-            pl_module.log(
-                f"{self.prefix}/train_acc", accuracy, prog_bar=True, batch_size=batch_size
-            )
+        loss, accuracy = self.update(features, labels)
+        batch_size = labels.shape[0]
+        pl_module.log(f"{self.prefix}/train_loss", loss, batch_size=batch_size)
+        pl_module.log(f"{self.prefix}/train_acc", accuracy, prog_bar=True, batch_size=batch_size)
 
-    def update(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor] | None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_labels()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_labels()
+
+    def update(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One optimizer step of the head on ``features`` ``[N, D]`` and ``labels`` ``[N]``.
 
-        Under DDP every rank must call it once per step (it runs one all-reduce).
+        Under DDP every rank must call it once per step (it runs one all-reduce). Labels out
+        of range are ignored here and reported by :meth:`check_labels`.
 
         Returns:
-            ``(loss, accuracy)`` of the global batch before the step, or ``None`` when no
-            rank had a labeled sample (then nothing changes).
+            ``(loss, accuracy)`` of the global batch before the step, as device scalars; NaN
+            when no rank had a labeled sample (then nothing changes).
         """
-        self._check_labels(labels)
+        assert self.num_classes is not None, "setup() resolves num_classes"
+        labels = self._labels.observe(labels, self.num_classes)
         head, optimizer = self._build(features)
         with torch.enable_grad(), torch.autocast(features.device.type, enabled=False):
             logits = head(features.detach().float())  # [N, C]
@@ -144,27 +137,30 @@ class OnlineLinearProbe(L.Callback):
             loss_sum.backward()
         labeled = labels >= 0  # [N]
         correct = ((logits.detach().argmax(dim=1) == labels) & labeled).sum()
-        grads = [p.grad for p in head.parameters() if p.grad is not None]
+        params = [p for p in head.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         # One collective: the mean over ranks of [gradients of the loss sums, labeled count,
         # correct count, loss sum]; dividing by the mean count gives per-sample means over
         # the global batch, as one process would compute them on the concatenated batch.
         stats = torch.stack([labeled.sum(), correct, loss_sum.detach()]).float()
         packed = distributed.all_reduce_mean(torch.cat([g.flatten() for g in grads] + [stats]))
         count = packed[-3]
-        if count.item() == 0:  # no labeled sample on any rank: the same decision everywhere
-            return None
         offset = 0
         for g in grads:
-            g.copy_(packed[offset : offset + g.numel()].view_as(g) / count)
+            g.copy_(packed[offset : offset + g.numel()].view_as(g) / count.clamp(min=1e-12))
             offset += g.numel()
-        optimizer.step()
+        # No labeled sample on any rank: the step is undone on the device, the same everywhere.
+        step_where(optimizer, params, count > 0)
+        self.trained = True
         return packed[-1] / count, packed[-2] / count
 
+    def check_labels(self) -> None:
+        """Raises if a label seen so far was outside ``[-1, num_classes)`` (one sync)."""
+        if self.num_classes is not None:
+            self._labels.check(self.num_classes)
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for metric in (self.val_top1, self.val_top5):
-            if metric is not None:
-                metric.reset()
-        self._val_seen = 0
+        self._counts = None
 
     def on_validation_batch_end(
         self,
@@ -175,39 +171,69 @@ class OnlineLinearProbe(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking:
-            return
-        self.update_val(*step_features(outputs, "validation_step"))
+        if not trainer.sanity_checking and self.trained:
+            self.update_val(*step_features(outputs, "validation_step"))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        for name, value in self.compute_val().items():
-            pl_module.log(f"{self.prefix}/{name}", value)
+        if not trainer.sanity_checking:
+            self._log_eval(pl_module, f"{self.prefix}/val_acc")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._counts = None
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.trained:
+            self.update_val(*step_features(outputs, "test_step"))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_eval(pl_module, f"test/{self.prefix}_acc")
 
     def update_val(self, features: Tensor, labels: Tensor) -> None:
         """Scores validation ``features`` ``[N, D]`` against ``labels`` ``[N]``."""
-        self._check_labels(labels)
+        assert self.num_classes is not None, "setup() resolves num_classes"
+        labels = self._labels.observe(labels, self.num_classes)
         head, _ = self._build(features)
-        assert self.val_top1 is not None
         with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
             logits = head(features.float())  # [N, C]
-        self.val_top1.update(logits, labels)
-        if self.val_top5 is not None:
-            self.val_top5.update(logits, labels)
-        self._val_seen += int((labels >= 0).sum())
+        # One top-k for both: a sample counted in top-1 is always counted in top-5.
+        hits = logits.topk(min(5, self.num_classes), dim=1).indices == labels[:, None]  # [N, k]
+        labeled = labels >= 0
+        counts = torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), labeled.sum()]).float()
+        self._counts = counts if self._counts is None else self._counts + counts
 
     def compute_val(self) -> dict[str, float]:
         """``{"val_acc_top1", "val_acc_top5"}`` over all ranks' validation samples so far;
         empty when no rank saw a labeled one. Under DDP every rank must call it."""
-        # The decision to compute (and so to join compute()'s sync) must agree on all ranks.
-        seen = distributed.all_reduce_mean(torch.tensor(float(self._val_seen)))
-        if self.val_top1 is None or seen.item() == 0:
+        self.check_labels()
+        # Every rank joins the all-reduce, with zeros if it scored nothing.
+        local = self._counts if self._counts is not None else torch.zeros(3)
+        if self.head is not None:
+            local = local.to(self.head.weight.device)
+        counts = distributed.all_reduce_mean(local).tolist()  # once per validation
+        if counts[2] == 0:
             return {}
-        values = {"val_acc_top1": self.val_top1.compute().item()}
-        if self.val_top5 is not None:
-            values["val_acc_top5"] = self.val_top5.compute().item()
+        values = {"val_acc_top1": counts[0] / counts[2]}
+        if self.num_classes is not None and self.num_classes > 5:
+            values["val_acc_top5"] = counts[1] / counts[2]
         return values
+
+    def _log_eval(self, pl_module: L.LightningModule, name: str) -> None:
+        if not self.trained:
+            rank_zero_warn(
+                "OnlineLinearProbe has not trained (no training step, and the checkpoint holds "
+                f"no probe state), so {name}_top1 is not logged: fit with the probe to score it"
+            )
+            return
+        for key, value in self.compute_val().items():
+            pl_module.log(name + key.removeprefix("val_acc"), value)
 
     def state_dict(self) -> dict[str, Any]:
         if self.head is None or self.optimizer is None:
@@ -225,6 +251,7 @@ class OnlineLinearProbe(L.Callback):
         # The head is built at the first batch, on the features' device: keep the state until
         # then (a resumed run loads callbacks before any batch).
         self._pending_state = dict(state_dict)
+        self.trained = True
         if self.head is not None:
             self._apply_pending()
 
@@ -237,23 +264,17 @@ class OnlineLinearProbe(L.Callback):
             nn.init.zeros_(head.bias)
             self.head = head
             if self.optimizer_name == "adam":
+                # Capturable keeps Adam's step count on the GPU, where step_where can undo it.
                 self.optimizer = torch.optim.Adam(
-                    head.parameters(), lr=self.lr, weight_decay=self.weight_decay
+                    head.parameters(),
+                    lr=self.lr,
+                    weight_decay=self.weight_decay,
+                    capturable=features.device.type == "cuda",
                 )
             else:
                 self.optimizer = torch.optim.SGD(
                     head.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay
                 )
-            self.val_top1 = MulticlassAccuracy(
-                self.num_classes, average="micro", ignore_index=-1
-            ).to(features.device)
-            self.val_top5 = (
-                MulticlassAccuracy(self.num_classes, top_k=5, average="micro", ignore_index=-1).to(
-                    features.device
-                )
-                if self.num_classes > 5
-                else None
-            )
             if self._pending_state is not None:
                 self._apply_pending()
         if self.head.in_features != features.shape[1]:
@@ -276,16 +297,4 @@ class OnlineLinearProbe(L.Callback):
             )
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])  # moves its state to the head's device
-
-    def _check_labels(self, labels: Tensor) -> None:
-        assert self.num_classes is not None
-        if labels.numel() == 0:
-            return
-        low, high = (int(v) for v in torch.aminmax(labels))
-        if high >= self.num_classes or low < -1:
-            bad = high if high >= self.num_classes else low
-            raise ValueError(
-                f"OnlineLinearProbe got label {bad}, outside [0, num_classes={self.num_classes}) "
-                f"(-1 = unlabeled); pass OnlineLinearProbe(num_classes=...) of at least "
-                f"{high + 1}, or check the datamodule's labels"
-            )
+        place_optimizer_state(self.optimizer, self.head.weight.device)

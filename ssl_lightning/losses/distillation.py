@@ -72,8 +72,9 @@ def dino_loss(
     # At least float32 (bf16 logits), float64 when training in float64 (the center's dtype).
     log_probs = F.log_softmax(student.to(targets.dtype) / student_temperature, dim=-1)  # [V, B, K]
     cross_entropy = -torch.einsum("gbk,vbk->gv", targets, log_probs) / batch  # [G, V]
-    other_view = ~torch.eye(num_global, num_views, dtype=torch.bool, device=student.device)
-    return cross_entropy[other_view].mean()
+    # The mean over pairs of different views; a boolean index would wait for the device.
+    same_view = torch.eye(num_global, num_views, dtype=cross_entropy.dtype, device=student.device)
+    return (cross_entropy * (1 - same_view)).sum() / (num_global * (num_views - 1))
 
 
 @torch.no_grad()

@@ -158,7 +158,8 @@ class MAE(SSLMethod):
             images: ``[B, 3, H, W]``; only the patches where ``mask`` is ``False`` are read.
             mask: ``[B, N]`` bool, ``True`` = hidden.
         """
-        keep = visible_index(mask)  # [B, K]
+        num_hidden = PatchMask(self.patch_size, self.mask_ratio).num_masked(*images.shape[-2:])
+        keep = visible_index(mask, num_hidden)  # [B, K]
         latent = cast(PatchEncoder, self.backbone).forward_tokens(images, keep)  # [B, 1 + K, D]
         return self.decoder(latent, keep)
 
