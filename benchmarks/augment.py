@@ -149,6 +149,48 @@ def kornia_pipeline(data: Tensor, batch_size: int, byol: bool) -> Callable[[], o
     return run
 
 
+def recipes() -> dict[str, Corruption]:
+    """The two recipes timed: SimCLR's views and BYOL's asymmetric pair."""
+    return {
+        "SimCLR": SimCLRViews(num_views=2),
+        "BYOL": BYOLViews(
+            *(
+                ViewTransform(blur_p=b, solarize_p=s, blur_kernel_size=BLUR_KERNEL)
+                for b, s in zip(BLUR_P, SOLARIZE_P, strict=True)
+            )
+        ),
+    }
+
+
+def measure(
+    images: list[Image.Image], batch_size: int, repeats: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Images/s of every pipeline on ``images``: ``{recipe: {pipeline: images/s}}``.
+
+    The first pipeline of each recipe is the PIL baseline; kornia is left out when missing.
+    """
+    data = to_uint8_tensor(images)  # [N, 3, 32, 32]
+    results: dict[str, dict[str, float]] = {}
+    for recipe, corruption in recipes().items():
+        byol = recipe == "BYOL"
+        pipelines: dict[str, Callable[[], object]] = {
+            "torchvision PIL, per image": pil(images, byol),
+            f"ours {type(corruption).__name__}, batch {batch_size}": ours(
+                corruption, data, batch_size, seed
+            ),
+        }
+        kornia_run = kornia_pipeline(data, batch_size, byol)
+        if kornia_run is None:
+            print("kornia is not installed: skipping its pipeline (pip install -e '.[bench]')")
+        else:
+            pipelines[f"kornia, batch {batch_size}"] = kornia_run
+        results[recipe] = {}
+        for name, run in pipelines.items():
+            run()  # warm-up: allocator, lazy imports, first-call dispatch
+            results[recipe][name] = len(images) / time_it(run, repeats)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048, help="images per timed pass")
@@ -168,41 +210,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     data_dir = args.data if args.data.is_absolute() else REPO_ROOT / args.data
     images = load_images(data_dir, args.images, args.seed)
-    data = to_uint8_tensor(images)  # [N, 3, 32, 32]
-
-    recipes = {
-        "SimCLR": SimCLRViews(num_views=2),
-        "BYOL": BYOLViews(
-            *(
-                ViewTransform(blur_p=b, solarize_p=s, blur_kernel_size=BLUR_KERNEL)
-                for b, s in zip(BLUR_P, SOLARIZE_P, strict=True)
-            )
-        ),
-    }
     print(
         f"\n{len(images)} images x 2 views, {SIZE}x{SIZE}, torch threads={args.threads}, "
         f"torch {torch.__version__}"
     )
     header = f"{'pipeline':<40} {'images/s':>10} {'images/s/core':>14} {'per core vs PIL':>16}"
-    for recipe, corruption in recipes.items():
-        byol = recipe == "BYOL"
-        pipelines: dict[str, Callable[[], object]] = {
-            "torchvision PIL, per image": pil(images, byol),
-            f"ours {type(corruption).__name__}, batch {args.batch_size}": ours(
-                corruption, data, args.batch_size, args.seed
-            ),
-        }
-        kornia_run = kornia_pipeline(data, args.batch_size, byol)
-        if kornia_run is None:
-            print("kornia is not installed: skipping its pipeline (pip install -e '.[bench]')")
-        else:
-            pipelines[f"kornia, batch {args.batch_size}"] = kornia_run
-
-        results = {}
-        for name, run in pipelines.items():
-            run()  # warm-up: allocator, lazy imports, first-call dispatch
-            results[name] = len(images) / time_it(run, args.repeats)
-
+    for recipe, results in measure(images, args.batch_size, args.repeats, args.seed).items():
         baseline = results["torchvision PIL, per image"]
         print(f"\n{recipe}")
         print(header)

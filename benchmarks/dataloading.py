@@ -62,7 +62,7 @@ def run_datamodule(
     first_batch = time.perf_counter() - start
     # What Lightning does after moving the batch to the device, with a training trainer.
     dm.trainer = SimpleNamespace(  # type: ignore[assignment]
-        training=True, global_rank=0, current_epoch=0, lightning_module=None
+        training=True, global_rank=0, current_epoch=0, lightning_module=None, loggers=[]
     )
     dm.on_after_batch_transfer(batch, 0)
     first_views = time.perf_counter() - start
@@ -130,6 +130,27 @@ def run_torchvision(
     }
 
 
+def measure(
+    data: Path, batch_size: int, steady_batches: int, baseline_batches: int = 0
+) -> dict[str, dict[str, float]]:
+    """Cold, warm and memory-mapped datamodule runs (and the PIL baseline when
+    ``baseline_batches`` > 0): ``{run: {column: value}}``."""
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="ssl-cache-") as tmp:
+        cache = Path(tmp)
+        results["cold cache (decode)"] = run_datamodule(data, cache, batch_size, steady_batches)
+        results["warm cache"] = run_datamodule(data, cache, batch_size, steady_batches)
+        results["warm cache, memory-mapped"] = run_datamodule(
+            data, cache, batch_size, steady_batches, memory_budget_gb=0.0
+        )
+    if baseline_batches > 0:
+        cores = os.cpu_count() or 1
+        results[f"torchvision ImageFolder+PIL, {cores} workers"] = run_torchvision(
+            data, batch_size, cores, baseline_batches
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -154,19 +175,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     print(f"{data}: batch {args.batch_size}, {cores} CPU cores, torch threads={args.threads}")
 
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="ssl-cache-") as tmp:
-        cache = Path(tmp)
-        steady = args.steady_batches
-        results["cold cache (decode)"] = run_datamodule(data, cache, args.batch_size, steady)
-        results["warm cache"] = run_datamodule(data, cache, args.batch_size, steady)
-        results["warm cache, memory-mapped"] = run_datamodule(
-            data, cache, args.batch_size, steady, memory_budget_gb=0.0
-        )
-    if not args.no_baseline:
-        results[f"torchvision ImageFolder+PIL, {cores} workers"] = run_torchvision(
-            data, args.batch_size, cores, args.baseline_batches
-        )
+    baseline = 0 if args.no_baseline else args.baseline_batches
+    results = measure(data, args.batch_size, args.steady_batches, baseline)
 
     columns = ["first batch s", "first views s", "loader img/s", "+ views img/s", "RSS MB"]
     header = f"{'':<38}" + "".join(f"{c:>15}" for c in columns)

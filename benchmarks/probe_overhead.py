@@ -66,12 +66,14 @@ class StepTimer(L.Callback):
         return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)][warmup:]
 
 
-def timed_fit(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+def timed_fit(
+    backbone: str, width: int, batch_size: int, steps: int, warmup: int
+) -> tuple[list[float], list[float]]:
     """Step times of one fit: (without the probe, with it), neighbours paired in order."""
     torch.manual_seed(0)
     model = SimCLR(
-        backbone=args.backbone,
-        backbone_kwargs={"width": args.width},
+        backbone=backbone,
+        backbone_kwargs={"width": width},
         proj_hidden_dim=512,
         warmup_epochs=0,
     )
@@ -79,16 +81,50 @@ def timed_fit(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     # The timer comes first, so a step's time includes every other callback's batch hooks.
     trainer = L.Trainer(
         accelerator="cpu",
-        max_steps=args.steps + args.warmup,
+        max_steps=steps + warmup,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer, EveryOtherStepProbe()],
     )
-    trainer.fit(model, RandomImages(args.batch_size * (args.steps + args.warmup), args.batch_size))
-    times = timer.step_times(args.warmup)  # args.warmup is even: times[0] is a step without
+    trainer.fit(model, RandomImages(batch_size * (steps + warmup), batch_size))
+    times = timer.step_times(warmup)  # warmup is even: times[0] is a step without
     return times[0::2], times[1::2]
+
+
+def measure(
+    backbone: str = "resnet18",
+    width: int = 8,
+    batch_size: int = 128,
+    steps: int = 40,
+    warmup: int = 2,
+    repeats: int = 1,
+) -> dict[str, float]:
+    """Median step seconds without and with the probe, the median ratio of neighbouring steps
+    and the probe's update alone in ms (``steps`` and ``warmup`` even)."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        steps_without, steps_with = timed_fit(backbone, width, batch_size, steps, warmup)
+        times[False] += steps_without
+        times[True] += steps_with
+    pair_ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
+
+    # The probe's own work, alone: one update on features of a step's size.
+    features = torch.randn(2 * batch_size, 8 * width)
+    labels = torch.arange(2 * batch_size) % 10
+    probe = OnlineLinearProbe(num_classes=10)
+    probe.update(features, labels)
+    start = time.perf_counter()
+    for _ in range(200):
+        probe.update(features, labels)
+    return {
+        "without s": statistics.median(times[False]),
+        "with s": statistics.median(times[True]),
+        "pair ratio": statistics.median(pair_ratios),
+        "update ms": (time.perf_counter() - start) / 200 * 1e3,
+        "timed steps": len(times[False]),
+    }
 
 
 def main() -> None:
@@ -103,28 +139,12 @@ def main() -> None:
     if args.steps % 2 or args.warmup % 2:
         parser.error("--steps and --warmup must be even (steps alternate without/with the probe)")
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.repeats):
-        steps_without, steps_with = timed_fit(args)
-        times[False] += steps_without
-        times[True] += steps_with
-    pair_ratios = [b / a for a, b in zip(times[False], times[True], strict=True)]
-
-    # The probe's own work, alone: one update on features of a step's size.
-    features = torch.randn(2 * args.batch_size, 8 * args.width)
-    labels = torch.arange(2 * args.batch_size) % 10
-    probe = OnlineLinearProbe(num_classes=10)
-    probe.update(features, labels)
-    start = time.perf_counter()
-    for _ in range(200):
-        probe.update(features, labels)
-    update_ms = (time.perf_counter() - start) / 200 * 1e3
-
-    without, with_probe = statistics.median(times[False]), statistics.median(times[True])
+    r = measure(args.backbone, args.width, args.batch_size, args.steps, args.warmup, args.repeats)
+    without, with_probe, update_ms = r["without s"], r["with s"], r["update ms"]
     print(
         f"\nSimCLR {args.backbone} width {args.width}, batch {args.batch_size} x 2 views, 32x32, "
-        f"CPU ({torch.get_num_threads()} threads); {len(times[False])} timed steps per variant, "
-        f"alternating within {args.repeats} fit(s)\n"
+        f"CPU ({torch.get_num_threads()} threads); {r['timed steps']:.0f} timed steps per "
+        f"variant, alternating within {args.repeats} fit(s)\n"
     )
     print(f"| {'variant':<22} | {'median step':>11} |")
     print(f"|{'-' * 24}|{'-' * 13}|")
@@ -133,7 +153,7 @@ def main() -> None:
     print(
         f"\nratio of medians with/without: {with_probe / without:.3f} "
         f"({100 * (with_probe / without - 1):+.1f} %); median ratio of neighbouring steps: "
-        f"{statistics.median(pair_ratios):.3f}; "
+        f"{r['pair ratio']:.3f}; "
         f"the probe's update alone: {update_ms:.2f} ms "
         f"({100 * update_ms / 1e3 / without:.2f} % of a step)"
     )

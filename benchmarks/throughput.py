@@ -1,0 +1,203 @@
+"""Training-step throughput: each method's Lightning step against a plain PyTorch loop of the
+same model and recipe, and channels-last against contiguous memory format.
+
+Per method, two measurements of the same model (same backbone, heads, optimizer recipe, batch):
+
+- plain: a bare PyTorch loop over batches augmented beforehand: ``pretext_step`` (forward and
+  loss), ``backward``, the optimizer's ``step`` and the method's ``after_optimizer_step`` (EMA
+  teachers). No Lightning, no augmentation inside the timed step: the model's own cost.
+- ours: ``Trainer.fit`` over uint8 images in memory, timed from one training batch's start to
+  the next, so each step holds the loader, the batched augmentation, the logging and
+  Lightning's hooks as well as the model's work.
+
+``ours / plain`` is the share of the model-only rate a training run keeps; ``overhead`` is the
+rest of a step (augmentation, logging, Lightning), as a share of the step. The channels-last
+comparison runs the plain SimCLR step of a conv net and a ResNet-18 in both memory formats,
+alternating step by step in one process so a busy machine slows both alike.
+
+    python benchmarks/throughput.py
+    python benchmarks/throughput.py --method SimCLR --method BYOL --batch-size 128 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmarks.probe_overhead import RandomImages, StepTimer
+from ssl_lightning import methods
+from ssl_lightning.datamodules import Batch
+from ssl_lightning.methods import SimCLR, SSLMethod
+from ssl_lightning.optim import build_optimizer
+
+METHODS = {
+    name: cls
+    for name in methods.__all__
+    if isinstance(cls := getattr(methods, name), type)
+    and issubclass(cls, SSLMethod)
+    and cls is not SSLMethod
+}
+# MAE encodes visible patches: it needs a ViT; every other method runs on the conv net.
+BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
+    "conv": ("convnet", {"width": 32, "depth": 4}),
+    "vit": ("vit_tiny", {"dim": 96, "depth": 4, "num_heads": 3}),
+}
+CHANNELS_LAST_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
+    "convnet (width 32, depth 4)": ("convnet", {"width": 32, "depth": 4}),
+    "resnet18 (width 16)": ("resnet18", {"width": 16}),
+}
+
+
+def build(name: str, **kwargs: Any) -> SSLMethod:
+    """``name``'s method with the benchmark backbone (a ViT for MAE, else the conv net)."""
+    backbone, backbone_kwargs = BACKBONES["vit" if name == "MAE" else "conv"]
+    kwargs.setdefault("backbone", backbone)
+    kwargs.setdefault("backbone_kwargs", backbone_kwargs)
+    return METHODS[name](**kwargs)
+
+
+def augmented_batches(model: SSLMethod, batch_size: int, count: int, seed: int = 0) -> list[Batch]:
+    """``count`` batches of ``model``'s default corruption of random 32x32 images."""
+    generator = torch.Generator().manual_seed(seed)
+    corruption = model.default_corruption()
+    batches = []
+    for _ in range(count):
+        images = torch.randint(0, 256, (batch_size, 3, 32, 32), generator=generator)
+        labels = torch.arange(batch_size) % 10
+        batches.append(corruption(images.float().div_(255), labels, generator))
+    return batches
+
+
+def plain_step(model: SSLMethod) -> Callable[[Batch], None]:
+    """One plain PyTorch training step of ``model`` with its optimizer recipe (no schedule)."""
+    model.setup("fit")  # channels-last conversion, as Lightning's setup does
+    model.train()
+    optimizer = build_optimizer(
+        model.optimizer_name,
+        model.configure_param_groups(),
+        model.lr,
+        momentum=model.momentum,
+        betas=model.betas,
+        lars_eta=model.lars_eta,
+    )
+
+    def step(batch: Batch) -> None:
+        loss = model.pretext_step(batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.after_optimizer_step()
+
+    return step
+
+
+def timed(step: Callable[[Batch], None], batch: Batch) -> float:
+    start = time.perf_counter()
+    step(batch)
+    return time.perf_counter() - start
+
+
+def plain_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) -> list[float]:
+    """Seconds per plain step after ``warmup`` untimed steps."""
+    batches = augmented_batches(model, batch_size, min(4, steps + warmup))
+    step = plain_step(model)
+    times = [timed(step, batches[i % len(batches)]) for i in range(steps + warmup)]
+    return times[warmup:]
+
+
+def lightning_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) -> list[float]:
+    """Seconds per ``Trainer.fit`` step (loader, augmentation, step, hooks) after ``warmup``."""
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps + warmup,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, RandomImages(batch_size * (steps + warmup), batch_size))
+    return timer.step_times(warmup)
+
+
+def method_throughput(
+    names: list[str], batch_size: int, steps: int, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Images/s of each method's plain step and Lightning step, and the overhead share."""
+    results = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = build(name, warmup_epochs=0)
+        plain = statistics.median(plain_times(copy.deepcopy(model), batch_size, steps, warmup))
+        ours = statistics.median(lightning_times(model, batch_size, steps, warmup))
+        results[name] = {
+            "plain img/s": batch_size / plain,
+            "ours img/s": batch_size / ours,
+            "ours/plain": plain / ours,
+            "overhead": 1 - plain / ours,
+        }
+        print(
+            f"{name:<22} plain {batch_size / plain:>7.0f} img/s   ours {batch_size / ours:>7.0f} "
+            f"img/s   ours/plain {plain / ours:.2f}   overhead {1 - plain / ours:+.0%} of a step"
+        )
+    return results
+
+
+def channels_last_comparison(
+    batch_size: int, steps: int, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Plain SimCLR steps per second in both memory formats, alternating step by step."""
+    results = {}
+    for label, (backbone, kwargs) in CHANNELS_LAST_BACKBONES.items():
+        torch.manual_seed(0)
+        model = SimCLR(backbone=backbone, backbone_kwargs=kwargs, channels_last=False)
+        fast = copy.deepcopy(model)
+        fast.channels_last = True
+        steps_by_format = {False: plain_step(model), True: plain_step(fast)}
+        batches = augmented_batches(model, batch_size, 2)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(steps + warmup):
+            for fmt, step in steps_by_format.items():
+                seconds = timed(step, batches[i % 2])
+                if i >= warmup:
+                    times[fmt].append(seconds)
+        contiguous, channels_last = (statistics.median(times[f]) for f in (False, True))
+        results[label] = {
+            "contiguous img/s": batch_size / contiguous,
+            "channels_last img/s": batch_size / channels_last,
+            "speed-up": contiguous / channels_last,
+        }
+        print(
+            f"{label:<28} contiguous {batch_size / contiguous:>6.0f} img/s   channels_last "
+            f"{batch_size / channels_last:>6.0f} img/s   speed-up {contiguous / channels_last:.2f}x"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", action="append", help="a method class name (default: all)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--no-channels-last", action="store_true", help="skip that comparison")
+    args = parser.parse_args(argv)
+    names = args.method or list(METHODS)
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+    print(f"CPU, {torch.get_num_threads()} torch threads, batch {args.batch_size}, 32x32")
+    method_throughput(names, args.batch_size, args.steps)
+    if not args.no_channels_last:
+        channels_last_comparison(args.batch_size, args.steps)
+
+
+if __name__ == "__main__":
+    main()

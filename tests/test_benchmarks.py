@@ -1,0 +1,53 @@
+"""``python -m benchmarks`` runs every benchmark end to end and prints one table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.throughput import augmented_batches, build, plain_step
+
+REPO = Path(__file__).parent.parent
+
+
+def test_entry_point_runs_every_benchmark_and_prints_the_table() -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--threads", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("| benchmark | measure |") :].splitlines()
+    benchmarks = {line.split(" | ")[0].removeprefix("| ") for line in table[2:]}
+    assert {"augmentation", "data loading", "step SimCLR", "step MAE"} <= benchmarks
+    assert {"channels_last", "probe overhead", "quality SimCLR"} <= benchmarks
+
+
+def test_plain_step_is_the_lightning_step_without_lightning() -> None:
+    """The baseline does the same work: one plain step moves the weights as one training
+    step of the same model on the same batch does."""
+    torch.manual_seed(0)
+    kwargs = {"backbone_kwargs": {"width": 4, "depth": 2}, "optimizer": "sgd", "weight_decay": 0.1}
+    model = build("SimCLR", **kwargs)
+    reference = build("SimCLR", **kwargs)
+    reference.load_state_dict(model.state_dict())
+    batch = augmented_batches(model, 8, 1)[0]
+    plain_step(model)(batch)
+
+    optimizer = torch.optim.SGD(
+        reference.configure_param_groups(), lr=reference.lr, momentum=reference.momentum
+    )
+    reference.pretext_step(batch).loss.backward()
+    optimizer.step()
+    for (name, got), want in zip(
+        model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(got, want, msg=name)
