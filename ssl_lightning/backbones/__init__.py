@@ -18,6 +18,7 @@ Examples:
 from ssl_lightning.backbones import convnet, external, resnet, vit
 from ssl_lightning.backbones.convnet import ConvNet
 from ssl_lightning.backbones.external import TimmBackbone, TorchvisionBackbone
+from ssl_lightning.backbones.memory_format import prefers_channels_last, resolve_channels_last
 from ssl_lightning.backbones.registry import (
     UnknownBackboneError,
     create_backbone,
@@ -41,9 +42,11 @@ __all__ = [
     "create_backbone",
     "external",
     "list_backbones",
+    "prefers_channels_last",
     "register_backbone",
     "register_family",
     "resnet",
+    "resolve_channels_last",
     "resolve_stages",
     "stage_features",
     "vit",

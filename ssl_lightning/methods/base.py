@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.backbones import create_backbone
+from ssl_lightning.backbones import create_backbone, resolve_channels_last
 from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.datamodules import Batch, CleanView, Corruption
 from ssl_lightning.methods.checks import require_at_least, require_positive
@@ -56,7 +56,7 @@ class SSLMethod(NonFiniteGuard):
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         final_lr_factor: the cosine decay ends at ``lr * final_lr_factor``.
         scale_lr: multiply ``lr`` by global batch size / 256 (Goyal et al. 2017).
-        channels_last: run the network in channels-last memory format (faster on GPUs).
+        channels_last: channels-last memory format; ``None``: on for conv backbones (faster).
         compile: compile the backbone with ``torch.compile``.
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
             step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
@@ -78,7 +78,7 @@ class SSLMethod(NonFiniteGuard):
         warmup_epochs: float = 0.0,
         final_lr_factor: float = 0.0,
         scale_lr: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
         on_nonfinite: NonFinitePolicy = "raise",
     ) -> None:
@@ -97,12 +97,12 @@ class SSLMethod(NonFiniteGuard):
         elif backbone_kwargs:
             raise ValueError("backbone_kwargs only apply when backbone is a registered name")
         self.num_features = num_features_of(backbone)
-        self.backbone = backbone
+        self.backbone, self.channels_last = backbone, resolve_channels_last(channels_last, backbone)
         self.optimizer_name = optimizer
         self.lr, self.weight_decay, self.momentum = lr, weight_decay, momentum
         self.betas, self.lars_eta = betas, lars_eta
         self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
-        self.scale_lr, self.channels_last, self.compile_backbone = scale_lr, channels_last, compile
+        self.scale_lr, self.compile_backbone = scale_lr, compile
         self._total_steps: int | None = None
 
     def default_corruption(self) -> Corruption:
