@@ -100,10 +100,11 @@ def sample_crop_boxes(
     w = w.gather(1, first).squeeze(1)  # [n]
 
     in_ratio = width / height
+    # At least one pixel: a 1-pixel side clamped to a far-off ratio would round to 0.
     if in_ratio < min(ratio):
-        fallback_h, fallback_w = round(width / min(ratio)), width
+        fallback_h, fallback_w = max(1, round(width / min(ratio))), width
     elif in_ratio > max(ratio):
-        fallback_h, fallback_w = height, round(height * max(ratio))
+        fallback_h, fallback_w = height, max(1, round(height * max(ratio)))
     else:
         fallback_h, fallback_w = height, width
     h = torch.where(found, h, fallback_h)
