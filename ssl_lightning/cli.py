@@ -4,12 +4,19 @@
 ``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``,
 importable from the working directory).
 ``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file.
+
+Every run writes its checkpoints atomically, saves one at the end of fit and reads them with
+``weights_only=True`` (:mod:`ssl_lightning.run_files`); a configuration error prints the
+library's message and the key to change (:mod:`ssl_lightning.cli_errors`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
+import traceback
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -19,6 +26,8 @@ import ssl_lightning.datamodules
 import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
 from ssl_lightning import export
+from ssl_lightning.cli_errors import CleanErrorParser, show_tracebacks, user_error
+from ssl_lightning.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
 
 EPILOG = (
     "export: `ssl-lightning export CHECKPOINT OUT.pt [--overwrite]` writes the backbone of an "
@@ -27,8 +36,43 @@ EPILOG = (
 )
 
 
-def main(args: list[str] | None = None) -> None:
-    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
+class SSLLightningCLI(LightningCLI):
+    """LightningCLI whose trainers get the library's checkpoint writer and callbacks."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        key = f"{self.subcommand}.trainer" if self.subcommand else "trainer"
+        config = {**(self.config_init.get(key) or {}), **kwargs}
+        return super().instantiate_trainer(**{**kwargs, **run_file_defaults(config)})
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyper-parameters first; when it cannot, say which
+        # file and why (truncated, unsafe) rather than torch's bare OSError.
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            read_checkpoint(path)
+            raise
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        started = time.time()
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_failed_run_log(self.trainer, started)
+            raise
+
+
+def main(args: list[str] | None = None, clean_errors: bool | None = None) -> None:
+    """Runs the command line; ``args`` replaces ``sys.argv[1:]`` (for tests).
+
+    Args:
+        args: the arguments; ``None`` reads ``sys.argv``.
+        clean_errors: print an error the library raised on purpose (a bad setting, a missing
+            file) as its message and exit with status 2 (while configuring) or 1 (while
+            running), instead of raising it. Default: only on the console (``args`` is
+            ``None``), so callers in Python get the exception.
+    """
     argv = sys.argv[1:] if args is None else args
     # A user's own classes (--model mymethods.MyMethod) import from the working directory, as
     # they do under `python -m`; the console script alone would not look there.
@@ -37,15 +81,31 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] == "export":
         export.main(argv[1:])
         return
-    LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        auto_configure_optimizers=False,
-        parser_kwargs={"epilog": EPILOG},
-    )
+    if clean_errors is None:
+        clean_errors = args is None
+    try:
+        SSLLightningCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            auto_configure_optimizers=False,
+            parser_kwargs={"epilog": EPILOG},
+            parser_class=CleanErrorParser,
+        )
+    except Exception as err:
+        cause = user_error(err) if clean_errors and not show_tracebacks() else None
+        if cause is None:
+            raise
+        sys.stderr.write(f"ssl-lightning: error: {cause}\n")
+        sys.stderr.write("(set SSL_LIGHTNING_TRACEBACK=1 to see the traceback)\n")
+        sys.exit(1 if _raised_while_running(err) else 2)
+
+
+def _raised_while_running(err: BaseException) -> bool:
+    """Whether the error came from the trainer's run rather than from building the classes."""
+    return any(f.name == "_run_subcommand" for f in traceback.extract_tb(err.__traceback__))
 
 
 if __name__ == "__main__":

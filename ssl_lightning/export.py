@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.weights import (
+    check_finite,
     check_overwrite,
     is_weights,
     load_plain,
@@ -53,8 +54,9 @@ class BackboneCheckpoint:
 
         Raises:
             FileNotFoundError: if the file does not exist.
-            ValueError: if it is not a Lightning checkpoint, or not one of an SSL method built
-                from a registered backbone name.
+            ValueError: if it is not a Lightning checkpoint, not one of an SSL method (or a
+                ``LinearEvaluation``) built from a registered backbone name, or its backbone
+                weights hold NaN or infinity.
         """
         path = Path(path)
         ckpt = load_plain(
@@ -91,6 +93,12 @@ class BackboneCheckpoint:
                 f"{str(path)!r} has a backbone name ({name!r}) but no '{module}.*' weights in "
                 "its state_dict; it was not written by an SSLMethod"
             )
+        check_finite(
+            state,
+            f"checkpoint {str(path)!r}",
+            "Use a checkpoint from before the divergence (an earlier one in the same folder), "
+            "and lower model.lr (or use a more stable precision) when training again",
+        )
         kwargs = dict(hparams.get("backbone_kwargs") or {})
         return cls(name=name, kwargs=kwargs, state_dict=state)
 

@@ -3,6 +3,7 @@ checkpoints and exported weights, and runs from the command line."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import Tensor
 
 from ssl_lightning import LinearEvaluation, SimCLR
+from ssl_lightning.backbones import create_backbone
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import (
     CleanView,
@@ -157,3 +159,62 @@ def test_linear_evaluation_from_the_command_line(
     assert restored.num_classes == 10
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "LinearEvaluation" in config and str(simclr_checkpoint[0]) in config
+
+
+class FolderWithTest(ImageFolderDataModule):
+    """The sample's ``test/`` folder as the test split too."""
+
+    def test_dataloader(self) -> Any:
+        return self.val_dataloader()
+
+
+def test_evaluation_checkpoint_loads_and_exports_without_the_pretraining_file(
+    simclr_checkpoint: tuple[Path, SimCLR], tmp_path: Path
+) -> None:
+    pretrained = tmp_path / "pretrained.ckpt"
+    shutil.copy(simclr_checkpoint[0], pretrained)
+    model = LinearEvaluation(backbone_checkpoint=str(pretrained), fine_tune=True, scale_lr=False)
+    dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(model, dm)
+    ckpt = tmp_path / "eval.ckpt"
+    trainer.save_checkpoint(ckpt)
+    pretrained.unlink()  # moved or deleted: the evaluation checkpoint must not need it
+
+    tuned = model.backbone.state_dict()
+    start = simclr_checkpoint[1].backbone.state_dict()
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)  # fine-tuning moved it
+    restored = LinearEvaluation.load_from_checkpoint(ckpt)
+    main(["export", str(ckpt), str(tmp_path / "tuned.pt")])
+    exported = create_backbone("convnet", weights=tmp_path / "tuned.pt")
+    for backbone in (restored.backbone, exported):
+        for key, value in tuned.items():
+            torch.testing.assert_close(backbone.state_dict()[key], value)
+    assert restored.num_classes == 10 and restored.fine_tune
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["backbone_source"]["backbone_checkpoint"] == str(pretrained)
+
+
+def test_test_step_reports_top1_and_top5_on_the_test_split(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = LinearEvaluation(**TINY, lr=1.0)
+    dm = FolderWithTest(SAMPLE, batch_size=16, cache_dir=tmp_path)
+    trainer = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(model, dm)
+    (metrics,) = trainer.test(model, dm, verbose=False)
+
+    # Reference: the accuracies counted by hand over every test image.
+    model.eval()
+    top1 = top5 = total = 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            batch = dm.on_after_batch_transfer(batch, 0)
+            ranked = model(batch.views[0]).topk(5, dim=1).indices  # [B, 5]
+            hits = ranked == batch.labels[:, None]
+            top1 += int(hits[:, 0].sum())
+            top5 += int(hits.any(1).sum())
+            total += len(batch.labels)
+    assert total == 30
+    assert metrics["test/acc_top1"] == pytest.approx(top1 / total)
+    assert metrics["test/acc_top5"] == pytest.approx(top5 / total)
+    assert {"test/loss", "test/acc_top1", "test/acc_top5"} <= set(metrics)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -160,6 +161,7 @@ def create_backbone(name: str, weights: str | Path | None = None, **kwargs: Any)
 
 def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     if name in _REGISTRY:
+        _check_kwargs(name, _REGISTRY[name], kwargs)
         return _REGISTRY[name](**kwargs)
     prefix, sep, member = name.partition("/")
     if sep and prefix in _FAMILIES:
@@ -171,6 +173,21 @@ def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
     else:
         candidates = list_backbones()
     raise UnknownBackboneError(_unknown_message(name, candidates))
+
+
+def _check_kwargs(name: str, factory: BackboneFactory, kwargs: dict[str, Any]) -> None:
+    """Raises ``ValueError`` for a keyword the factory does not take, with the closest one."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ValueError(
+                f"backbone {name!r} takes no argument {key!r}{hint} Its arguments: "
+                f"{', '.join(params) or 'none'} (set model.backbone_kwargs)"
+            )
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

@@ -15,7 +15,7 @@ from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.backbones.weights import read_weights
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews, ViewTransform
-from ssl_lightning.export import backbone_from_checkpoint
+from ssl_lightning.export import BackboneCheckpoint
 from ssl_lightning.optim import (
     build_optimizer,
     scaled_lr,
@@ -35,6 +35,11 @@ class LinearEvaluation(L.LightningModule):
     ``ssl-lightning export``), or a registered name (``backbone``) for a randomly initialized
     baseline. The frozen backbone stays in eval mode (BatchNorm keeps its pretraining
     statistics) whatever Lightning calls ``train()`` on, and gets no gradient.
+
+    Its checkpoints are self-contained: they record the backbone's registered name and
+    arguments with its weights, so they load (and ``ssl-lightning export`` writes a fine-tuned
+    backbone) without the file the backbone came from. ``validate`` and ``test`` log
+    ``{val,test}/loss``, ``/acc_top1`` and ``/acc_top5`` (more than 5 classes).
 
     The head is ``BatchNorm1d(affine=False) -> Linear`` when ``batch_norm`` (as MAE's linear
     probe, He et al. 2021, arXiv:2111.06377: at test time the normalization is a fixed affine
@@ -105,14 +110,18 @@ class LinearEvaluation(L.LightningModule):
             raise ValueError(f"lr must be > 0, got {lr} (set model.lr)")
         model: nn.Module
         if backbone_checkpoint is not None:
-            model = backbone_from_checkpoint(backbone_checkpoint)
+            source = BackboneCheckpoint.read(backbone_checkpoint)
+            model, spec = source.build(), (source.name, source.kwargs)
         elif backbone_weights is not None:
-            model = create_backbone(
-                read_weights(backbone_weights)["name"], weights=backbone_weights
-            )
+            content = read_weights(backbone_weights)
+            model = create_backbone(content["name"], weights=backbone_weights)
+            spec = (content["name"], content["kwargs"])
         else:
             assert backbone is not None
             model = create_backbone(backbone, **(backbone_kwargs or {}))
+            spec = (backbone, dict(backbone_kwargs or {}))
+        # Recorded in every checkpoint (on_save_checkpoint) in place of the source file.
+        self.backbone_spec: tuple[str, dict[str, Any]] = spec
         self.num_features = num_features_of(model)
         self.backbone = model
         self.fine_tune = fine_tune
@@ -158,12 +167,8 @@ class LinearEvaluation(L.LightningModule):
         norm = nn.BatchNorm1d(self.num_features, affine=False) if self.batch_norm else None
         self.head = linear if norm is None else nn.Sequential(norm, linear)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
-        self.val_acc_top1 = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
-        self.val_acc_top5 = (
-            MulticlassAccuracy(num_classes, top_k=5, average="micro", ignore_index=-1)
-            if num_classes > 5
-            else None
-        )
+        self.val_acc = _accuracies(num_classes)
+        self.test_acc = _accuracies(num_classes)
 
     def train(self, mode: bool = True) -> LinearEvaluation:
         super().train(mode)
@@ -193,15 +198,38 @@ class LinearEvaluation(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def _evaluate(self, batch: Batch, stage: str, accuracies: nn.ModuleDict) -> None:
+        """Logs ``{stage}/loss`` and ``{stage}/acc_top1`` (``/acc_top5``) of the clean views."""
         labels = self._check_labels(batch.labels)
         logits = self(batch.views[0])  # [B, C]
         batch_size = labels.shape[0]
-        self.log("val/loss", _mean_cross_entropy(logits, labels), batch_size=batch_size)
-        self.val_acc_top1(logits, labels)
-        self.log("val/acc_top1", self.val_acc_top1, prog_bar=True, batch_size=batch_size)
-        if self.val_acc_top5 is not None:
-            self.val_acc_top5(logits, labels)
-            self.log("val/acc_top5", self.val_acc_top5, batch_size=batch_size)
+        self.log(f"{stage}/loss", _mean_cross_entropy(logits, labels), batch_size=batch_size)
+        for name, accuracy in accuracies.items():
+            assert isinstance(accuracy, MulticlassAccuracy)
+            accuracy(logits, labels)
+            self.log(
+                f"{stage}/acc_{name}", accuracy, prog_bar=name == "top1", batch_size=batch_size
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Records the backbone by name and arguments instead of the file it came from.
+
+        ``load_from_checkpoint`` then rebuilds the backbone from the registry and loads its
+        weights from this checkpoint's ``state_dict``; the source file is kept for reference
+        under ``backbone_source``.
+        """
+        name, kwargs = self.backbone_spec
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        sources = ("backbone_checkpoint", "backbone_weights")
+        checkpoint["backbone_source"] = {k: hparams.get(k) for k in sources}
+        hparams.update(backbone=name, backbone_kwargs=dict(kwargs))
+        hparams.update(dict.fromkeys(sources))
+        checkpoint["hyper_parameters"] = hparams
 
     def configure_optimizers(self) -> Any:
         assert self.head is not None
@@ -231,6 +259,16 @@ class LinearEvaluation(L.LightningModule):
                     f"model.num_classes to at least {int(high) + 1}"
                 )
         return labels
+
+
+def _accuracies(num_classes: int) -> nn.ModuleDict:
+    """Top-1 and (with more than 5 classes) top-5 accuracy, unlabeled (-1) samples ignored."""
+    accuracies = {"top1": MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)}
+    if num_classes > 5:
+        accuracies["top5"] = MulticlassAccuracy(
+            num_classes, top_k=5, average="micro", ignore_index=-1
+        )
+    return nn.ModuleDict(accuracies)
 
 
 def _mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
