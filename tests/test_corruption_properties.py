@@ -173,23 +173,27 @@ def test_multicrop_views(
     grid=st.tuples(st.integers(1, 6), st.integers(1, 6)),
     mask_ratio=st.floats(0.0, 1.0, exclude_min=True, exclude_max=True),
     fill=st.sampled_from(["zero", "noise", "mean"]),
+    crop=st.booleans(),
     batch_size=st.integers(1, 4),
     kind=st.sampled_from(KINDS),
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-@example(1, (1, 2), 0.5, "mean", 1, "random", torch.float32)  # 1-pixel patches, 1x2 image
+@example(1, (1, 2), 0.5, "mean", False, 1, "random", torch.float32)  # 1-pixel patches, 1x2 image
 def test_patch_mask(
     patch: int,
     grid: tuple[int, int],
     mask_ratio: float,
     fill: str,
+    crop: bool,
     batch_size: int,
     kind: str,
     dtype: torch.dtype,
 ) -> None:
-    h, w = grid
-    images = make_images(kind, batch_size, h * patch, w * patch, dtype, seed=h * w)
-    corruption = PatchMask(patch, mask_ratio, fill)  # type: ignore[arg-type]
+    images = make_images(kind, batch_size, grid[0] * patch, grid[1] * patch, dtype, seed=patch)
+    # With a view, the images are first cropped to the largest square of whole patches.
+    h, w = (min(grid), min(grid)) if crop else grid
+    view = ViewTransform(size=h * patch) if crop else None
+    corruption = PatchMask(patch, mask_ratio, fill, view)  # type: ignore[arg-type]
     count = round(mask_ratio * h * w)
     if not 0 < count < h * w:  # every image needs hidden and visible patches
         try:
@@ -200,13 +204,17 @@ def test_patch_mask(
         raise AssertionError(f"mask_ratio={mask_ratio} hiding {count} of {h * w} was accepted")
     batch = corruption(images, torch.zeros(batch_size), torch.Generator().manual_seed(0))
     (masked,) = batch.views
-    assert_images(masked, images.shape, dtype)
+    shape = (batch_size, 3, h * patch, w * patch)
+    assert_images(masked, shape, dtype)
     assert batch.mask is not None and batch.clean is not None
     assert batch.mask.shape == (batch_size, h, w) and batch.mask.dtype == torch.bool
     assert batch.mask.sum(dim=(1, 2)).tolist() == [count] * batch_size
-    assert torch.equal(batch.clean, images)
+    assert_images(batch.clean, shape, dtype)
+    if not crop:
+        assert torch.equal(batch.clean, images)
     visible = ~batch.mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2)[:, None]
-    assert torch.equal(masked[visible.expand_as(masked)], images[visible.expand_as(images)])
+    visible = visible.expand_as(masked)
+    assert torch.equal(masked[visible], batch.clean[visible])
 
 
 @FAST
@@ -216,20 +224,24 @@ def test_patch_mask(
     mode=st.sampled_from(["all", "random"]),
     kind=st.sampled_from(KINDS),
     dtype=st.sampled_from([torch.float32, torch.float64]),
+    extra=st.integers(0, 5),
     seed=st.integers(0, 2**16),
 )
 def test_rotations(
-    side: int, batch_size: int, mode: str, kind: str, dtype: torch.dtype, seed: int
+    side: int, batch_size: int, mode: str, kind: str, dtype: torch.dtype, extra: int, seed: int
 ) -> None:
-    images = make_images(kind, batch_size, side, side, dtype, seed)
+    # Non-square images (extra columns) go through a view that crops them square first.
+    images = make_images(kind, batch_size, side, side + extra, dtype, seed)
+    view = ViewTransform(size=side) if extra else None
     generator = torch.Generator().manual_seed(seed)
-    batch = Rotations(mode)(images, torch.arange(batch_size), generator)  # type: ignore[arg-type]
+    corruption = Rotations(mode, view)  # type: ignore[arg-type]
+    batch = corruption(images, torch.arange(batch_size), generator)
     copies = 4 if mode == "all" else 1
     assert len(batch.views) == copies
     assert batch.targets is not None and batch.targets.shape == (copies * batch_size,)
     assert set(batch.targets.tolist()) <= {0, 1, 2, 3}
     for out in batch.views:
-        assert_images(out, images.shape, dtype)
+        assert_images(out, (batch_size, 3, side, side), dtype)
 
 
 # --- the ops, with any parameters ---------------------------------------------------------------
