@@ -5,16 +5,23 @@ left by a failed run, and a checkpoint at the end of every fit."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from ssl_lightning.cli import main
+from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.export import export_backbone
 from ssl_lightning.files import atomic_write, remove_stale_temporaries, temporary_path
+from tests.helpers import SAMPLE, sample_fit_args
 
 
 @pytest.fixture
@@ -67,3 +74,125 @@ def test_only_temporaries_of_dead_processes_of_this_host_are_removed(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (mine, other_host, unrelated)
     )
+
+
+SLOW_DECODE = """
+import sys, time
+from pathlib import Path
+import ssl_lightning.datamodules.decode as decode
+from ssl_lightning.datamodules import ImageFolderDataModule
+
+real, calls = decode.decode_image, []
+
+def slow(path, size):
+    calls.append(path)
+    if len(calls) > 5:  # a few images in: signal, then wait to be killed
+        Path(sys.argv[3]).touch()
+        time.sleep(600)
+    return real(path, size)
+
+decode.decode_image = slow
+dm = ImageFolderDataModule(sys.argv[1], cache_dir=sys.argv[2], memory_budget_gb=0, decode_workers=1)
+dm.setup("fit")
+"""
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            _, err = process.communicate()
+            code = process.returncode
+            pytest.fail(f"the child never reached the slow write (exit {code}):\n{err[-3000:]}")
+        time.sleep(0.1)
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith("tmp")]
+
+
+def test_a_decode_killed_mid_way_leaves_no_temporary_after_the_next_run(tmp_path: Path) -> None:
+    cache, marker = tmp_path / "cache", tmp_path / "decoding"
+    script = tmp_path / "slow_decode.py"
+    script.write_text(SLOW_DECODE)
+    command = [sys.executable, str(script), str(SAMPLE), str(cache), str(marker)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(marker, child)
+    (left,) = _temporaries(cache)
+    assert left.stat().st_size == 120 * 3 * 32 * 32  # the whole mapped split, on disk
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+
+    dm = ImageFolderDataModule(SAMPLE, cache_dir=cache, memory_budget_gb=0)
+    dm.setup("fit")
+    assert dm.memory_mapped["train"] and _temporaries(cache) == []
+    assert len(list(cache.glob("*.u8"))) == 2  # train and test, complete
+
+
+def test_caches_exported_weights_and_checkpoints_respect_the_umask(
+    tmp_path: Path, umask_022: None
+) -> None:
+    mapped = ImageFolderDataModule(SAMPLE, cache_dir=tmp_path / "mapped", memory_budget_gb=0)
+    in_memory = ImageFolderDataModule(SAMPLE, cache_dir=tmp_path / "ram")
+    for dm in (mapped, in_memory):
+        dm.setup("fit")
+    assert mapped.memory_mapped["train"] and not in_memory.memory_mapped["train"]
+    files = [*(tmp_path / "mapped").iterdir(), *(tmp_path / "ram").iterdir()]
+    assert len(files) == 8 and {p.name: _mode(p) for p in files} == {p.name: 0o644 for p in files}
+
+    main(_fit_args(tmp_path / "run"))
+    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
+    out = export_backbone(ckpt, tmp_path / "backbone.pt")
+    assert _mode(ckpt) == 0o644 and _mode(out) == 0o644
+
+
+def _fit_args(root: Path, *extra: str) -> list[str]:
+    tiny = ("--model.backbone=convnet", "--model.backbone_kwargs={width: 4}")
+    return [*sample_fit_args(root, "SimCLR", *tiny, "--model.proj_hidden_dim=8"), *extra]
+
+
+def test_a_failed_run_leaves_no_log_folder_and_an_earlier_run_is_kept(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):  # fails in setup
+        main(_fit_args(tmp_path, f"--data.data_dir={tmp_path / 'missing'}"))
+    with pytest.raises(ValueError, match="2 views"):  # fails in its first training step
+        main(_fit_args(tmp_path, "--data.corruption=CleanView"))
+    logs = tmp_path / "lightning_logs"
+    assert not logs.exists() or list(logs.iterdir()) == []
+
+    main(_fit_args(tmp_path))
+    (done,) = logs.iterdir()
+    # A run that fails in the same (fixed) version folder keeps what is there (Lightning's
+    # SaveConfigCallback refuses the existing config.yaml: a failure like any other).
+    before = sorted(p.relative_to(done) for p in done.rglob("*"))
+    with pytest.raises((RuntimeError, ValueError)):
+        logger = ("--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}")
+        version = f"--trainer.logger.version={done.name}"
+        main(_fit_args(tmp_path, "--data.corruption=CleanView", *logger, version))
+    assert sorted(p.relative_to(done) for p in done.rglob("*")) == before
+
+
+def test_the_cpu_config_saves_a_checkpoint_in_a_run_shorter_than_its_validation_interval(
+    tmp_path: Path,
+) -> None:
+    # The config's trainer (validation every 100 steps) on the sample images, stopped at step
+    # 3: no validation, no epoch end, so only the end-of-fit save can write a checkpoint.
+    config = Path(__file__).parent.parent / "configs" / "simclr_cifar10_cpu.yaml"
+    main(
+        [
+            "fit",
+            f"--config={config}",
+            "--model.backbone_kwargs={width: 4}",
+            "--data=ImageFolderDataModule",
+            f"--data.data_dir={SAMPLE}",
+            f"--data.cache_dir={tmp_path / 'cache'}",
+            "--data.batch_size=16",
+            "--trainer.max_steps=3",
+            "--trainer.check_val_every_n_epoch=null",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    assert "step=3" in ckpt.name
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3

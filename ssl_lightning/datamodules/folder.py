@@ -29,6 +29,7 @@ from ssl_lightning.datamodules.decode import (
 )
 from ssl_lightning.datamodules.image_cache import (
     cache_path,
+    create_mapped,
     default_cache_dir,
     read_cache,
     write_cache,
@@ -221,7 +222,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         else:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             if cache is not None:
-                tmp = cache.with_suffix(f".tmp{os.getpid()}")
+                tmp = create_mapped(cache, int(np.prod(shape)))
             else:
                 fd, name = tempfile.mkstemp(prefix="decoded-", suffix=".u8", dir=self.cache_dir)
                 os.close(fd)

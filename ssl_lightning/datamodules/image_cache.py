@@ -4,7 +4,8 @@ A cache entry is a raw ``[N, 3, H, W]`` uint8 file (``<folder>-<digest>.u8``) pl
 JSON file (count, skipped files), named by a digest of the folder's file list, sizes and
 modification times. It is read back in one sequential read, or memory-mapped when the images
 exceed the memory budget. Both files are written under temporary names and renamed, the JSON
-last, so a reader never sees a half-written entry.
+last, so a reader never sees a half-written entry; the temporaries of killed runs are removed
+by the next :func:`read_cache`. The files get the umask's permissions, like any other.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
+
+from ssl_lightning.files import remove_stale_temporaries, temporary_path
 
 _CACHE_VERSION = 2
 
@@ -61,6 +64,9 @@ def read_cache(
 ) -> tuple[Tensor, list[int]] | None:
     """The cached images and the indices of skipped files, or ``None`` without a cache.
 
+    First removes the temporaries that killed runs left in the cache folder (a decode killed
+    mid-way leaves one as large as the decoded split).
+
     Args:
         path: the cache file (:func:`cache_path`).
         num_files: files in the folder; the entry must hold them all, decoded or skipped.
@@ -71,6 +77,7 @@ def read_cache(
         ``(images [count, 3, h, w] uint8, skipped file indices)``, or ``None`` when there is
         no valid entry.
     """
+    remove_stale_temporaries(path.parent)
     meta_path = path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -88,6 +95,17 @@ def read_cache(
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return images, list(skipped)
+
+
+def create_mapped(path: Path, nbytes: int) -> Path:
+    """Creates the temporary of the cache file ``path`` that a decode writes into through a
+    memory map: ``nbytes`` long (sparse), with the umask's permissions, which
+    ``torch.from_file`` alone would not give (it creates files 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    with open(tmp, "wb") as f:
+        f.truncate(nbytes)
+    return tmp
 
 
 def write_cache(
@@ -108,10 +126,10 @@ def write_cache(
         if mapped is not None:
             mapped.replace(path)  # the mapping follows the file; its pages reach the disk
         else:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp = temporary_path(path)
             images.numpy().tofile(tmp)
             tmp.replace(path)  # atomic: a reader never sees a half-written cache
-        meta_tmp = path.parent / f"{path.stem}.json.tmp{os.getpid()}"
+        meta_tmp = temporary_path(path.with_suffix(".json"))
         meta = {
             "version": _CACHE_VERSION,
             "count": images.shape[0],
