@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal as signal_module
 import time
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,16 @@ class RaiseOnRank(L.Callback):
             raise RuntimeError(
                 f"planted failure on rank {self.rank} in step {self.step} at {time.time():.3f}"
             )
+
+
+class SignalAt(L.Callback):
+    """Sends this process ``signal`` after optimizer step ``step`` and ends the run, as SLURM
+    does before it preempts a job (SIGUSR1, then the end of the job)."""
+
+    def __init__(self, step: int = 2, signal: str = "SIGUSR1") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal_module, self.signal))
+            trainer.should_stop = True
