@@ -5,11 +5,13 @@ left by a failed run, and a checkpoint at the end of every fit."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +198,93 @@ def test_the_cpu_config_saves_a_checkpoint_in_a_run_shorter_than_its_validation_
     (ckpt,) = tmp_path.rglob("*.ckpt")
     assert "step=3" in ckpt.name
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+
+
+SLOW_SAVE = """
+import builtins, os, sys, time
+from pathlib import Path
+
+marker, target = Path(os.environ["MARKER"]), Path(os.environ["TARGET"])
+real_open = builtins.open
+
+
+class HalfWrite:
+    '''A binary file that takes half of the first write, then waits to be killed.'''
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        self.f.write(bytes(data)[: len(data) // 2])
+        self.f.flush()
+        marker.touch()
+        time.sleep(600)
+
+    def __getattr__(self, name):
+        if name == "fileno":  # no sendfile: every byte goes through write()
+            raise AttributeError(name)
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def slow_open(file, mode="r", *args, **kwargs):
+    # Any binary write meant for the checkpoint file (under its own or a temporary name),
+    # once a complete one exists: the second save is killed half-way.
+    slow = "b" in mode and ("w" in mode or "x" in mode) and target.name in str(file)
+    slow = slow and target.exists()
+    f = real_open(file, mode, *args, **kwargs)
+    return HalfWrite(f) if slow else f
+
+
+builtins.open = slow_open
+from ssl_lightning.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def test_killing_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    ckpt_dir, marker = tmp_path / "ckpt", tmp_path / "saving"
+    target = ckpt_dir / "model.ckpt"
+    config = tmp_path / "callbacks.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        f"      init_args: {{dirpath: {ckpt_dir}, filename: model, every_n_train_steps: 1}}\n"
+    )
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    # Lightning's own writer stages a checkpoint in the system temporary folder and moves it:
+    # a copy, not a rename, when that folder is another file system (a tmpfs /tmp).
+    tmpdir = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    env = {**os.environ, "MARKER": str(marker), "TARGET": str(target), "TMPDIR": str(tmpdir)}
+    args = _fit_args(tmp_path, f"--config={config}")
+    args = [a if a != "--trainer.max_steps=2" else "--trainer.max_steps=4" for a in args]
+    child = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(marker, child)
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+        saved = torch.load(target, weights_only=True)  # whole, not cut at half
+        assert saved["global_step"] == 1
+        staged = [p for p in tmpdir.iterdir() if p.is_file()]
+        assert staged == []  # nothing staged outside the checkpoint folder
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    # Resuming from it works, and the killed save's temporary goes with the next save.
+    assert [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name]
+    main([*_fit_args(tmp_path, f"--config={config}"), f"--ckpt_path={target}"])
+    assert torch.load(target, weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.ckpt"]
