@@ -5,6 +5,7 @@ are never exported or loaded."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -189,3 +190,14 @@ def test_export_and_loading_refuse_non_finite_weights(
         create_backbone("convnet", weights=out)
     with pytest.raises(ValueError, match="non-finite"):
         LinearEvaluation(backbone_weights=str(out))
+
+
+def test_every_torch_load_in_the_library_is_weights_only() -> None:
+    package = Path(__file__).parent.parent / "ssl_lightning"
+    calls = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "load"):
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                calls.append((path.name, node.lineno, keywords.get("weights_only")))
+    assert calls and all(only == "True" for *_, only in calls), calls
