@@ -405,7 +405,9 @@ def test_cifar100_downloads_verifies_and_loads_fine_labels(fake_cifar100: Path) 
         assert torch.equal(dm.train_set.images[i], torch.from_numpy(ref.data[i]).permute(2, 0, 1))
     assert dm.train_set.labels.tolist() == ref.targets
     ref_test = datasets.CIFAR100(str(fake_cifar100 / "data"), train=False)
-    assert dm.val_set.labels.tolist() == ref_test.targets
+    # Validation rows come class-interleaved (tests/test_validation_subsets.py): same images.
+    assert dm.val_set.rows is not None
+    assert dm.val_set.labels.tolist() == [ref_test.targets[i] for i in dm.val_set.rows]
 
 
 def test_cifar_corrupted_batch_file_is_reported(fake_cifar: Path) -> None:

@@ -16,7 +16,12 @@ from torch.utils.data import DataLoader
 
 from ssl_lightning.datamodules.batch import Batch
 from ssl_lightning.datamodules.corruptions import CleanView, Corruption, normalize
-from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch, stratified_holdout
+from ssl_lightning.datamodules.dataset import (
+    InMemoryDataset,
+    class_interleaved,
+    keep_batch,
+    stratified_holdout,
+)
 from ssl_lightning.datamodules.resume import (
     EpochPosition,
     EpochShuffleSampler,
@@ -25,6 +30,11 @@ from ssl_lightning.datamodules.resume import (
 )
 
 Split = Literal["train", "val"]
+PredictSplit = Literal["train", "val", "test"]
+_NO_TEST = (
+    "the dataset has no test split (an image folder needs data_dir/test/ or data_dir/val/); "
+    "embed another one with data.predict_split=train"
+)
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -42,7 +52,9 @@ class InMemoryDataModule(L.LightningDataModule):
     Validation uses the dataset's own test split where it has one. ``val_fraction > 0`` holds
     out that share of the training images instead (stratified by class, chosen by
     ``split_seed``, logged), e.g. for image folders without a test split, or to keep a test
-    split untouched while tuning.
+    split untouched while tuning. Either way the validation rows come in a seeded
+    class-interleaved order (``split_seed``): every prefix, so any ``limit_val_batches``, is a
+    fixed class-balanced sample.
 
     Args:
         batch_size: images per batch and per process.
@@ -51,7 +63,11 @@ class InMemoryDataModule(L.LightningDataModule):
         num_workers: loader worker processes; batches are one tensor index, so 0 is usually
             fastest.
         val_fraction: share of the training images to hold out for validation, in ``[0, 1)``.
-        split_seed: seed of the hold-out choice, independent of ``seed``.
+        split_seed: seed of the hold-out choice and of the validation order, independent of
+            ``seed``.
+        predict_split: the split ``trainer.predict`` embeds (clean images, in order):
+            ``"train"``, ``"val"`` (the validation set) or ``"test"`` (the dataset's own test
+            split, which ``trainer.test`` scores too).
     """
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -65,8 +81,14 @@ class InMemoryDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        predict_split: PredictSplit = "test",
     ) -> None:
         super().__init__()
+        if predict_split not in ("train", "val", "test"):
+            raise ValueError(
+                f"predict_split must be 'train', 'val' or 'test', got {predict_split!r} "
+                "(set data.predict_split)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size} (set data.batch_size)")
         if not 0.0 <= val_fraction < 1.0:
@@ -80,8 +102,10 @@ class InMemoryDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.predict_split = predict_split
         self.train_set: InMemoryDataset | None = None
         self.val_set: InMemoryDataset | None = None
+        self.test_set: InMemoryDataset | None = None
         self._resolved_corruption: Corruption | None = None
         self._base_seed: int | None = None
         self._batches_drawn = 0
@@ -111,7 +135,9 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.val_fraction == 0.0:
             self.train_set = InMemoryDataset(images, labels)
             val = self.load_split("val")
-            self.val_set = None if val is None else InMemoryDataset(*val)
+            if val is not None:
+                order = class_interleaved(val[1].long(), self.split_seed)
+                self.val_set = InMemoryDataset(*val, rows=order)
             return
         keep, held = stratified_holdout(labels.long(), self.val_fraction, self.split_seed)
         if held.numel() == 0 or keep.numel() == 0:
@@ -121,6 +147,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 "at least one image"
             )
         self.train_set = InMemoryDataset(images, labels, rows=keep)
+        held = held[class_interleaved(labels[held].long(), self.split_seed)]
         self.val_set = InMemoryDataset(images, labels, rows=held)
         classes = int(torch.unique(labels).numel())
         rank_zero_info(
@@ -151,6 +178,35 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.val_set is None:
             return []
         return DataLoader(self.val_set, batch_size=self.batch_size, **self._loader_kwargs())
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._eval_loader(self._test_split(), "test", _NO_TEST)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        split = self.predict_split
+        dataset = self._test_split() if split == "test" else getattr(self, f"{split}_set")
+        hint = _NO_TEST if split == "test" else "set data.val_fraction (e.g. 0.1) to hold one out"
+        return self._eval_loader(dataset, f"data.predict_split={split!r}", hint)
+
+    def _test_split(self) -> InMemoryDataset | None:
+        """The dataset's own test split: the validation set unless a hold-out replaced it."""
+        if self.train_set is None:
+            self.setup("test")
+        if self.val_fraction == 0.0:
+            return self.val_set
+        if self.test_set is None:
+            loaded = self.load_split("val")
+            if loaded is not None:
+                order = class_interleaved(loaded[1].long(), self.split_seed)
+                self.test_set = InMemoryDataset(*loaded, rows=order)
+        return self.test_set
+
+    def _eval_loader(
+        self, dataset: InMemoryDataset | None, what: str, hint: str
+    ) -> DataLoader[Any]:
+        if dataset is None:
+            raise ValueError(f"{type(self).__name__} has no split for {what}: {hint}")
+        return DataLoader(dataset, batch_size=self.batch_size, **self._loader_kwargs())
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {

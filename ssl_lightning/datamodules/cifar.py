@@ -11,7 +11,7 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from ssl_lightning.datamodules.base import InMemoryDataModule, Split
+from ssl_lightning.datamodules.base import InMemoryDataModule, PredictSplit, Split
 from ssl_lightning.datamodules.corruptions import Corruption
 
 
@@ -31,6 +31,7 @@ class CIFAR10DataModule(InMemoryDataModule):
         val_fraction: share of the training images to hold out for validation instead of the
             test split; 0 validates on the test split.
         split_seed: seed of the hold-out choice.
+        predict_split: the split ``trainer.predict`` embeds: train, val or test.
 
     Examples:
         >>> dm = CIFAR10DataModule(data_dir="data", batch_size=512)
@@ -50,8 +51,11 @@ class CIFAR10DataModule(InMemoryDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        predict_split: PredictSplit = "test",
     ) -> None:
-        super().__init__(batch_size, corruption, seed, num_workers, val_fraction, split_seed)
+        super().__init__(
+            batch_size, corruption, seed, num_workers, val_fraction, split_seed, predict_split
+        )
         self.data_dir = Path(data_dir)
         self.download = download
 

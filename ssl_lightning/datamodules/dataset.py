@@ -100,3 +100,33 @@ def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[Tens
     keep = torch.ones(labels.shape[0], dtype=torch.bool)
     keep[held] = False
     return keep.nonzero()[:, 0], held.sort().values
+
+
+def class_interleaved(labels: Tensor, seed: int) -> Tensor:
+    """A seeded order of the rows in which every prefix is a class-balanced sample.
+
+    Rows are shuffled within each class (from ``seed``), then merged by their position in
+    their class: the ``r``-th of ``n_c`` rows of class ``c`` goes at ``(r + 1/2) / n_c`` (the
+    Sainte-Lague divisor sequence), classes that tie in a random order. The first ``m`` rows
+    then hold every class within about one row of its share ``m * n_c / N``, so
+    ``limit_val_batches`` (or any prefix) scores all classes in proportion instead of the
+    first ones.
+
+    Args:
+        labels: ``[N]`` int labels (``-1`` = unlabeled counts as one class).
+        seed: seed of the order; the same seed gives the same order on every run.
+
+    Returns:
+        ``[N]`` int64, a permutation of the rows.
+    """
+    generator = torch.Generator().manual_seed(mix_seed(seed, 1))
+    perm = torch.randperm(labels.shape[0], generator=generator)  # [N]
+    grouped = perm[torch.sort(labels[perm], stable=True).indices]  # [N], by class
+    _, inverse, counts = torch.unique(labels[grouped], return_inverse=True, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts  # [C]
+    rank = torch.arange(labels.shape[0]) - starts[inverse]  # [N], position within its class
+    key = (rank.double() + 0.5) / counts[inverse].double()  # [N] in (0, 1)
+    # Ties (classes of equal size) go in a random class order: sort by it, then stably by key.
+    tie_order = torch.randperm(counts.shape[0], generator=generator)[inverse]  # [N]
+    by_tie = torch.sort(tie_order, stable=True).indices
+    return grouped[by_tie[torch.sort(key[by_tie], stable=True).indices]]

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-from ssl_lightning.datamodules.base import InMemoryDataModule, Split
+from ssl_lightning.datamodules.base import InMemoryDataModule, PredictSplit, Split
 from ssl_lightning.datamodules.corruptions import Corruption
 from ssl_lightning.datamodules.decode import (
     DECODE_ERRORS,
@@ -76,6 +76,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         val_fraction: share of ``train`` to hold out for validation when there is no
             ``test``/``val`` folder (see :class:`InMemoryDataModule`).
         split_seed: seed of the hold-out choice.
+        predict_split: the split ``trainer.predict`` embeds: train, val or test.
         memory_budget_gb: most decoded bytes (10^9) to hold in RAM per process, train and
             validation together; beyond it splits are memory-mapped. ``None`` = half the RAM.
         skip_bad_files: skip files that cannot be decoded (listed in a warning and in
@@ -100,10 +101,13 @@ class ImageFolderDataModule(InMemoryDataModule):
         decode_workers: int | None = None,
         val_fraction: float = 0.0,
         split_seed: int = 0,
+        predict_split: PredictSplit = "test",
         memory_budget_gb: float | None = None,
         skip_bad_files: bool = False,
     ) -> None:
-        super().__init__(batch_size, corruption, seed, num_workers, val_fraction, split_seed)
+        super().__init__(
+            batch_size, corruption, seed, num_workers, val_fraction, split_seed, predict_split
+        )
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
         if memory_budget_gb is not None and memory_budget_gb < 0:

@@ -124,9 +124,6 @@ class SSLMethod(NonFiniteGuard):
         """Computes the pretext loss of one training batch; subclasses implement it."""
         raise NotImplementedError
 
-    def after_optimizer_step(self) -> None:
-        """Runs once after each optimizer step (e.g. an EMA update); does nothing by default."""
-
     @property
     def progress(self) -> float:
         """Optimizer steps before the current one over the run's total, in ``[0, 1]`` (or 0)."""
@@ -142,9 +139,8 @@ class SSLMethod(NonFiniteGuard):
         return param_groups(self, self.weight_decay)
 
     def embed_views(self, views: list[Tensor], encoder: nn.Module | None = None) -> Tensor:
-        """Pooled features of all views, ``[V * B, D]`` in view order, by ``encoder`` (the
-        backbone by default). Consecutive views of one size share one pass (``torch.cat``,
-        then split): one pass for SimCLR's two views, one per resolution for multi-crop."""
+        """Pooled features ``[V * B, D]`` of all views in order, by ``encoder`` (the backbone by
+        default); views of one size share one pass: one per resolution for multi-crop."""
         encoder = self.backbone if encoder is None else encoder
         features, start = [], 0
         while start < len(views):
@@ -179,6 +175,8 @@ class SSLMethod(NonFiniteGuard):
 
     def configure_optimizers(self) -> Any:
         lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
+    test_step = predict_step = validation_step  # the probe, kNN and FeatureWriter read them
+
         optimizer = build_optimizer(
             self.optimizer_name,
             self.configure_param_groups(),

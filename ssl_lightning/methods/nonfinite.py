@@ -59,7 +59,8 @@ class NonFiniteGuard(L.LightningModule):
         self._batches_watched = getattr(self, "_batches_watched", 0) + 1
 
     def after_optimizer_step(self) -> None:
-        """Runs once after each optimizer step that was not skipped (see ``SSLMethod``)."""
+        """Runs once after each optimizer step (e.g. an EMA update), not after one skipped for
+        a non-finite loss; does nothing by default."""
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
