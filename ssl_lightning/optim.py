@@ -14,6 +14,8 @@ from torch.optim import Optimizer
 
 OptimizerName = Literal["sgd", "lars", "adamw"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "lars", "adamw")
+# How the learning rate follows the global batch (scaled_lr): True means "linear".
+LRScaling = bool | Literal["linear", "sqrt"]
 
 
 def param_groups(params: nn.Module | Iterable[Tensor], weight_decay: float) -> list[dict[str, Any]]:
@@ -132,19 +134,38 @@ def warmup_cosine(
     return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def scaled_lr(lr: float, trainer: Any) -> float:
-    """``lr * global batch / 256`` (the linear scaling rule, Goyal et al. 2017, arXiv:1706.02677).
-
-    The global batch is the datamodule's ``batch_size`` times the number of processes times
-    the gradient-accumulation steps of ``trainer``.
-    """
+def global_batch_size(trainer: Any) -> int:
+    """Images per optimizer step over all processes: the datamodule's ``batch_size`` (per
+    process) times the number of processes times the gradient-accumulation steps."""
     batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
     if not isinstance(batch_size, int):
         raise ValueError(
-            "scale_lr=True needs the datamodule's integer `batch_size` to compute the global "
-            "batch size; use a datamodule with one or set model.scale_lr=false"
+            "scale_lr needs the datamodule's integer `batch_size` to compute the global batch "
+            "size; use a datamodule with one or set model.scale_lr=false"
         )
-    return lr * batch_size * trainer.world_size * trainer.accumulate_grad_batches / 256
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def scaled_lr(lr: float, trainer: Any, rule: LRScaling = "linear") -> float:
+    """The learning rate at the run's global batch ``B`` (:func:`global_batch_size`), from
+    ``lr`` given for 256 images.
+
+    - ``"linear"`` (or ``True``): ``lr * B / 256``, the linear scaling rule (Goyal et al. 2017,
+      arXiv:1706.02677) of the SGD and LARS recipes;
+    - ``"sqrt"``: ``lr * sqrt(B / 256)`` (Krizhevsky 2014, arXiv:1404.5997; SimCLR's rule for
+      LARS at small batches, arXiv:2002.05709 appendix B.1): a gentler rise for large batches;
+    - ``False``: ``lr`` as given.
+
+    Only ``B`` matters, not how it is split: 8 GPUs x 64 images get the rate of 1 GPU x 512.
+    """
+    if rule is False:
+        return lr
+    if rule not in (True, "linear", "sqrt"):
+        raise ValueError(
+            f"scale_lr must be true, false, 'linear' or 'sqrt', got {rule!r} (set model.scale_lr)"
+        )
+    ratio = global_batch_size(trainer) / 256
+    return lr * (math.sqrt(ratio) if rule == "sqrt" else ratio)
 
 
 def build_optimizer(

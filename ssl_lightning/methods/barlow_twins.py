@@ -19,7 +19,7 @@ from ssl_lightning.methods.checks import (
     require_positive,
 )
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 
 class BarlowTwins(SSLMethod):
@@ -78,7 +78,7 @@ class BarlowTwins(SSLMethod):
         weight_decay: float = 1e-4,
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_at_least(0, lambda_offdiag=lambda_offdiag)

@@ -16,7 +16,7 @@ from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import check_two_views, require_at_least, require_unit_interval
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 
 class BYOL(SSLMethod):
@@ -76,7 +76,7 @@ class BYOL(SSLMethod):
         weight_decay: float = 1e-5,
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_unit_interval(base_momentum=base_momentum, final_momentum=final_momentum)

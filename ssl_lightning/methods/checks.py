@@ -1,12 +1,16 @@
-"""Checks of a training batch against what a method needs, with errors that say what to set."""
+"""Checks of a training batch and of the run against what a method needs, with errors that say
+what to set."""
 
 from __future__ import annotations
+
+from torch import nn
 
 from ssl_lightning import distributed
 from ssl_lightning.datamodules import Batch
 
 __all__ = [
     "check_batch_size",
+    "check_sync_batchnorm",
     "check_two_views",
     "require_at_least",
     "require_positive",
@@ -31,6 +35,27 @@ def check_batch_size(batch: Batch, method: str, why: str, gathered: bool) -> Non
     if size < 2 and not (gathered and distributed.is_distributed()):
         raise ValueError(
             f"{method} needs >= 2 images per batch ({why}), got {size}; set data.batch_size >= 2"
+        )
+
+
+def check_sync_batchnorm(module: nn.Module, stage: str) -> None:
+    """Raises when ``trainer.sync_batchnorm`` would turn ``module``'s BatchNorm layers into
+    SyncBatchNorm for a fit on the CPU, before DDP fails on it with torch's "SyncBatchNorm
+    layers only work with GPU modules". (On one device, or outside fit, Lightning leaves
+    BatchNorm as it is: nothing to refuse.)"""
+    trainer = getattr(module, "_trainer", None)
+    strategy = getattr(trainer, "strategy", None)
+    # Lightning keeps the flag as the strategy's layer-sync plugin (set only for DDP-like ones).
+    if stage != "fit" or strategy is None or getattr(strategy, "_layer_sync", None) is None:
+        return
+    device = strategy.root_device.type
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if device in ("cpu", "mps") and has_batchnorm:
+        raise ValueError(
+            f"trainer.sync_batchnorm=true synchronizes BatchNorm statistics across processes "
+            f"with SyncBatchNorm, which runs on GPUs only, but this run trains on {device} with "
+            f"{strategy.world_size} processes; set --trainer.sync_batchnorm false (each process "
+            "then normalizes by its own batch)"
         )
 
 

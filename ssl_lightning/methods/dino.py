@@ -15,7 +15,7 @@ from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import require_at_least, require_positive, require_unit_interval
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import OptimizerName, schedule_length
+from ssl_lightning.optim import LRScaling, OptimizerName, schedule_length
 
 __all__ = ["DINO"]
 
@@ -89,7 +89,7 @@ class DINO(SSLMethod):
         weight_decay: float = 1e-6,
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_positive(

@@ -14,7 +14,7 @@ from ssl_lightning.layers import mask_to_pixels, patchify, unpatchify, visible_i
 from ssl_lightning.losses import reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 __all__ = ["MAE", "PatchEncoder"]
 
@@ -81,7 +81,7 @@ class MAE(SSLMethod):
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         check_mask_ratio(mask_ratio, "model.mask_ratio")

@@ -22,7 +22,7 @@ from ssl_lightning.methods.checks import (
 )
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 __all__ = ["MoCoV3"]
 
@@ -86,7 +86,7 @@ class MoCoV3(SSLMethod):
         weight_decay: float = 1e-6,
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_positive(temperature=temperature)

@@ -13,7 +13,7 @@ from ssl_lightning.losses import nt_xent
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import check_batch_size, require_positive
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 
 class SimCLR(SSLMethod):
@@ -50,7 +50,7 @@ class SimCLR(SSLMethod):
         lr: float = 0.4,
         weight_decay: float = 1e-5,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_positive(temperature=temperature)

@@ -14,7 +14,7 @@ from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import check_two_views, require_at_least
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName, param_groups
+from ssl_lightning.optim import LRScaling, OptimizerName, param_groups
 
 
 class SimSiam(SSLMethod):
@@ -66,7 +66,7 @@ class SimSiam(SSLMethod):
         optimizer: OptimizerName = "sgd",
         lr: float = 0.03,
         weight_decay: float = 5e-4,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         require_at_least(

@@ -18,7 +18,7 @@ from ssl_lightning.methods.checks import (
     require_positive,
 )
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import LRScaling, OptimizerName
 
 
 class VICReg(SSLMethod):
@@ -82,7 +82,7 @@ class VICReg(SSLMethod):
         weight_decay: float = 1e-4,
         lars_eta: float = 0.02,
         warmup_epochs: float = 10.0,
-        scale_lr: bool = True,
+        scale_lr: LRScaling = True,
         **kwargs: Any,
     ) -> None:
         weights = {
