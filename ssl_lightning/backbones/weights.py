@@ -8,6 +8,7 @@ types, so ``torch.load(path, weights_only=True)`` reads it anywhere, without thi
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 WEIGHTS_KEYS = frozenset({"name", "kwargs", "state_dict"})
+# torch's weights_only refusal: "Unsupported global: GLOBAL <name> was not an allowed global".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
 def load_plain(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
@@ -45,11 +48,15 @@ def load_plain(path: Path, what: str, fix: str, map_location: Any = "cpu") -> An
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only=True refuses any pickled global that is not a tensor or plain type.
-        first = str(err).strip().splitlines()[0]
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:
+            raise ValueError(
+                f"cannot read {str(path)!r} as a {what} ({type(err).__name__}); {fix}"
+            ) from err
         raise ValueError(
             f"refusing to load {what} {str(path)!r}: it holds Python objects other than "
-            f"tensors and plain data, which could run code when unpickled ({first}). Only "
-            f"load files you trust; {fix}"
+            f"tensors and plain data (a pickled {refused[1]!r}), which could run code when "
+            f"unpickled. Only load files you trust; {fix}"
         ) from err
     except Exception as err:  # a truncated zip, a file of another kind
         size = path.stat().st_size
