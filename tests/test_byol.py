@@ -213,6 +213,7 @@ def _loss_rank(rank: int, world_size: int) -> dict:
     return {"loss": loss.detach(), "grads": (p1.grad, p2.grad)}
 
 
+@pytest.mark.distributed
 def test_two_ranks_with_half_the_batch_each_equal_one_process() -> None:
     results = run_distributed(_loss_rank, WORLD)
     p1, p2, z1, z2 = _full_inputs()

@@ -5,6 +5,7 @@ epoch. (Per-rank augmentation seeds are tested in test_datamodules.py.)"""
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -42,6 +43,7 @@ class SeenImages(Callback):
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.distributed
 def test_ddp_ranks_train_on_disjoint_shards_that_cover_the_dataset(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(

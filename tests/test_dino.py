@@ -137,6 +137,7 @@ def _dino_rank(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     return {"loss": loss.detach(), "grad": student.grad, "center": center}
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_whole_batch() -> None:
     results = run_distributed(_dino_rank, WORLD)
     student, teacher = _full_logits()

@@ -104,6 +104,7 @@ def _knn_on_rank(rank: int, world_size: int, bank: Tensor, labels: Tensor, queri
     return knn.compute(), gathered
 
 
+@pytest.mark.distributed
 def test_ddp_accuracy_equals_one_process_with_the_whole_bank() -> None:
     bank, labels, queries = _knn_data()
     predicted = brute_force_knn(queries, bank, labels, 4, 7, 0.1)

@@ -212,6 +212,7 @@ def two_process_results() -> list[dict[str, Any]]:
     return run_distributed(_ddp_worker, 2)
 
 
+@pytest.mark.distributed
 def test_ddp_heads_agree_and_equal_one_process_on_the_whole_batch() -> None:
     single = _probe_on_rank(0, 1, _probe_batches())
     for result in two_process_results():

@@ -86,6 +86,7 @@ def _symmetric_rank(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     return {"loss": loss.detach(), "grad1": q1.grad, "grad2": q2.grad}
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_whole_batch() -> None:
     results = run_distributed(_symmetric_rank, WORLD)
     q1, q2, k1, k2 = _full_qk()

@@ -193,6 +193,7 @@ class PeakLR(Callback):
         torch.save(state, self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.distributed
 def test_a_two_process_run_scales_the_lr_by_the_global_batch(tmp_path: Path) -> None:
     # A real 2-process DDP run (gloo): 8 images per process x 2 processes x 2 accumulated
     # batches = a global batch of 32.

@@ -124,6 +124,7 @@ def _loss_rank(rank: int, world_size: int) -> dict:
     return {"loss": loss.detach(), "terms": terms, "grads": [z.grad for z in local]}
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_whole_batch() -> None:
     results = run_distributed(_loss_rank, WORLD)
     full = [z.requires_grad_(True) for z in _full_embeddings()]
