@@ -76,14 +76,15 @@ def test_an_untrained_probe_logs_nothing_and_warns(tmp_path: Path) -> None:
 
 
 def test_top1_never_exceeds_top5_even_with_ties() -> None:
-    probe = OnlineLinearProbe(num_classes=10)
-    probe.trained = True
-    # A zero head ties every class: top-1 and top-5 must come from one ranking.
+    # A zero head ties every class: top-1 and top-5 must come from one ranking. A subset of
+    # one class (the first batches of a validation set stored class by class) used to score
+    # top-1 1.0 and top-5 0.0 (argmax and topk break ties differently).
     for label in range(10):
+        probe = OnlineLinearProbe(num_classes=10)
+        probe.trained = True
         probe.update_val(torch.randn(4, 6), torch.full((4,), label))
-    values = probe.compute_val()
-    assert values["val_acc_top1"] <= values["val_acc_top5"]
-    assert values["val_acc_top1"] == pytest.approx(0.1) and values["val_acc_top5"] == 0.5
+        values = probe.compute_val()
+        assert values["val_acc_top1"] <= values["val_acc_top5"], label
 
 
 def test_no_validation_split_warns_how_to_get_one(tmp_path: Path) -> None:
