@@ -28,6 +28,8 @@ from benchmarks import augment, dataloading, probe_overhead, probe_quality, thro
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "tests" / "data" / "cifar10-sample"
 CIFAR = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+# The README Results methods: probe_quality.py pretrains them on the same conv net.
+CONTRASTIVE = ["SimCLR", "MoCoV3", "BYOL", "SimSiam", "BarlowTwins", "VICReg", "DINO"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Sizes:
     probe_steps: int
     quality_data: Path
     quality_budget: list[str]  # probe_quality.py's budget and batch options
-    quality_methods: list[str]
+    quality_methods: list[str]  # probe_quality.py --method names
     step_methods: tuple[str, ...] = ()  # every method when empty
 
 
@@ -58,7 +60,7 @@ def sizes(mode: str, data: Path) -> Sizes:
             loading_data=data, loading_batch=256, loading_steady=40,
             step_batch=128, step_steps=10,
             probe_width=8, probe_batch=128, probe_steps=40,
-            quality_data=data, quality_budget=["--minutes", "2"], quality_methods=[],
+            quality_data=data, quality_budget=["--minutes", "2"], quality_methods=CONTRASTIVE,
         )  # fmt: skip
     # The sample images (120 train, 30 test): every path runs, the numbers are not the point.
     sample_quality = ["--steps", "4", "--batch-size", "32"]
@@ -178,7 +180,7 @@ def run_probe(s: Sizes) -> list[Row]:
 
 
 def run_quality(s: Sizes) -> list[Row]:
-    methods = [arg for name in s.quality_methods or ["all"] for arg in ("--method", name)]
+    methods = [arg for name in s.quality_methods for arg in ("--method", name)]
     with tempfile.TemporaryDirectory(prefix="probe-quality-") as tmp:
         rows = probe_quality.main(
             ["--data-dir", str(s.quality_data), *methods, *s.quality_budget,

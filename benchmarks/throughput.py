@@ -15,8 +15,8 @@ rest of a step (augmentation, logging, Lightning), as a share of the step. The c
 comparison runs the plain SimCLR step of a conv net and a ResNet-18 in both memory formats,
 alternating step by step in one process so a busy machine slows both alike.
 
-    python benchmarks/throughput.py
-    python benchmarks/throughput.py --method SimCLR --method BYOL --batch-size 128 --steps 20
+    python -m benchmarks.throughput
+    python -m benchmarks.throughput --method SimCLR --method BYOL --batch-size 128 --steps 20
 """
 
 from __future__ import annotations
