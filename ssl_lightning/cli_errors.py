@@ -71,7 +71,7 @@ def summarize(message: str, parser: ArgumentParser | None = None) -> str:
             return f"unknown key {key!r}{_did_you_mean(key, valid)}"
     found = _innermost(message)
     if found is None:
-        return message.strip()
+        return _alternatives(message) or message.strip()
     path, class_path, line = found
     key = ".".join(path)
     unknown = _NOT_ACCEPTED.match(line)
@@ -83,6 +83,9 @@ def summarize(message: str, parser: ArgumentParser | None = None) -> str:
     if missing:
         name = missing["name"]
         return f"{key}: no class named {name!r}{_did_you_mean(name, _class_names(message))}"
+    wrong = re.match(r"Expected an? (.+?)\. Got value: (.+)$", line)
+    if wrong:
+        line = f"got {wrong[2]}; expected {wrong[1]}"
     return f"{key}: {_plain_types(line)}" if key else _plain_types(line)
 
 
@@ -116,6 +119,20 @@ def _innermost(message: str) -> tuple[list[str], str | None, str] | None:
         if best is None or depth > best[0]:
             best = (depth, path, classes[-1] if classes else None, text)
     return None if best is None else best[1:]
+
+
+def _alternatives(message: str) -> str | None:
+    """``key: got V; expected A or B`` from a value that matched none of a union's types."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    given = re.findall(r"^\s*Given value: (.+)$", message, re.MULTILINE)
+    expected = [
+        _plain_types(m)
+        for m in re.findall(r"^\s*- Expected a (.+)$", message, re.MULTILINE)
+        if "NoneType" not in m
+    ]
+    if not (keys and given and expected):
+        return None
+    return f"{'.'.join(keys)}: got {given[-1]}; expected {' or '.join(expected)}"
 
 
 def _did_you_mean(key: str, valid: list[str]) -> str:
@@ -184,6 +201,7 @@ def _import(path: str | None) -> Any:
 
 
 def _plain_types(text: str) -> str:
+    text = re.sub(r"typing\.Literal\[(.*)\]", r"one of \1", text)
     return re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text)
 
 

@@ -71,7 +71,9 @@ def test_a_bad_value_prints_the_librarys_message_and_key(
     assert code == 2 and "temperature must be > 0, got -1.0 (set model.temperature)" in err
     assert len(err.splitlines()) <= 3, err
     _, err = _clean_error(_fit(tmp_path, "--model.temperature=abc"), capsys)
-    assert "model.temperature: Expected a float. Got value: abc" in err
+    assert "model.temperature: got abc; expected float" in err
+    _, err = _clean_error(_fit(tmp_path, "--trainer.precision=bf17"), capsys)
+    assert "trainer.precision: got bf17; expected int or one of" in err and "'bf16-mixed'" in err
 
 
 def test_a_mismatched_corruption_prints_the_librarys_message(
