@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from ssl_lightning.backbones import create_backbone, resolve_channels_last
 from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.datamodules import Batch, CleanView, Corruption
-from ssl_lightning.methods.checks import require_at_least, require_positive
+from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least, require_positive
 from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy, check_policy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.optim import (
     OPTIMIZERS,
+    LRScaling,
     OptimizerName,
     build_optimizer,
     param_groups,
@@ -55,7 +56,7 @@ class SSLMethod(NonFiniteGuard):
         lars_eta: LARS trust coefficient.
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         final_lr_factor: the cosine decay ends at ``lr * final_lr_factor``.
-        scale_lr: multiply ``lr`` by global batch size / 256 (Goyal et al. 2017).
+        scale_lr: ``"linear"``/``True``: ``lr`` x global batch / 256; ``"sqrt"``: x its root.
         channels_last: channels-last memory format; ``None``: on for conv backbones (faster).
         compile: compile the backbone with ``torch.compile``.
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
@@ -77,7 +78,7 @@ class SSLMethod(NonFiniteGuard):
         lars_eta: float = 1e-3,
         warmup_epochs: float = 0.0,
         final_lr_factor: float = 0.0,
-        scale_lr: bool = False,
+        scale_lr: LRScaling = False,
         channels_last: bool | None = None,
         compile: bool = False,
         on_nonfinite: NonFinitePolicy = "raise",
@@ -152,6 +153,7 @@ class SSLMethod(NonFiniteGuard):
         return torch.cat(features)
 
     def setup(self, stage: str) -> None:
+        check_sync_batchnorm(self, stage)  # before DDP fails on it in torch's words
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
         if self.compile_backbone:
@@ -176,7 +178,7 @@ class SSLMethod(NonFiniteGuard):
     test_step = predict_step = validation_step  # the probe, kNN and FeatureWriter read them
 
     def configure_optimizers(self) -> Any:
-        lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
+        lr = scaled_lr(self.lr, self.trainer, self.scale_lr)
         optimizer = build_optimizer(
             self.optimizer_name,
             self.configure_param_groups(),
