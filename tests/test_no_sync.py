@@ -6,7 +6,9 @@ find them: a ``TorchFunctionMode`` marks every tensor derived from the training 
 from the model's parameters and counts such calls on marked tensors, from the batch's
 corruption (``on_after_batch_transfer``) to the end of the last callback's
 ``on_train_batch_end``. Each exported method runs a few steps with ``OnlineLinearProbe`` and
-``KNNMonitor``; epoch-end and validation code (which syncs once per epoch) is outside.
+``KNNMonitor`` (its augmented bank, the one with per-step work); epoch-end and validation
+code (which syncs once per epoch) and the non-finite loss check (every ``check_every`` = 100
+batches) are outside the window.
 """
 
 from __future__ import annotations
