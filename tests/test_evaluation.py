@@ -161,13 +161,6 @@ def test_linear_evaluation_from_the_command_line(
     assert "LinearEvaluation" in config and str(simclr_checkpoint[0]) in config
 
 
-class FolderWithTest(ImageFolderDataModule):
-    """The sample's ``test/`` folder as the test split too."""
-
-    def test_dataloader(self) -> Any:
-        return self.val_dataloader()
-
-
 def test_evaluation_checkpoint_loads_and_exports_without_the_pretraining_file(
     simclr_checkpoint: tuple[Path, SimCLR], tmp_path: Path
 ) -> None:
@@ -198,7 +191,7 @@ def test_evaluation_checkpoint_loads_and_exports_without_the_pretraining_file(
 def test_test_step_reports_top1_and_top5_on_the_test_split(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = LinearEvaluation(**TINY, lr=1.0)
-    dm = FolderWithTest(SAMPLE, batch_size=16, cache_dir=tmp_path)
+    dm = ImageFolderDataModule(SAMPLE, batch_size=16, cache_dir=tmp_path)
     trainer = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0)
     trainer.fit(model, dm)
     (metrics,) = trainer.test(model, dm, verbose=False)
@@ -207,7 +200,7 @@ def test_test_step_reports_top1_and_top5_on_the_test_split(tmp_path: Path) -> No
     model.eval()
     top1 = top5 = total = 0
     with torch.no_grad():
-        for batch in dm.val_dataloader():
+        for batch in dm.test_dataloader():
             batch = dm.on_after_batch_transfer(batch, 0)
             ranked = model(batch.views[0]).topk(5, dim=1).indices  # [B, 5]
             hits = ranked == batch.labels[:, None]
@@ -218,3 +211,24 @@ def test_test_step_reports_top1_and_top5_on_the_test_split(tmp_path: Path) -> No
     assert metrics["test/acc_top1"] == pytest.approx(top1 / total)
     assert metrics["test/acc_top5"] == pytest.approx(top5 / total)
     assert {"test/loss", "test/acc_top1", "test/acc_top5"} <= set(metrics)
+
+
+def test_test_from_the_command_line_needs_only_the_evaluation_checkpoint(
+    simclr_checkpoint: tuple[Path, SimCLR], tmp_path: Path
+) -> None:
+    pretrained = tmp_path / "pretrained.ckpt"
+    shutil.copy(simclr_checkpoint[0], pretrained)
+    main(
+        sample_fit_args(
+            tmp_path / "fit", "LinearEvaluation", f"--model.backbone_checkpoint={pretrained}"
+        )
+    )
+    (ckpt,) = (tmp_path / "fit").rglob("*.ckpt")
+    pretrained.unlink()
+
+    # The model's settings come from the checkpoint (LightningCLI reads its hyper-parameters).
+    args = sample_fit_args(tmp_path / "test", "LinearEvaluation", f"--ckpt_path={ckpt}")
+    main(["test", *[a for a in args[1:] if not a.startswith("--trainer.max_steps")]])
+    (metrics,) = (tmp_path / "test").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    assert {"test/acc_top1", "test/acc_top5", "test/loss"} <= set(header)
