@@ -92,11 +92,17 @@ def test_loss_is_cross_entropy_of_the_head_with_accuracy() -> None:
     assert out.features.shape == (16, 16) and out.labels.tolist() == [0, 1, 2, 3] * 4
 
 
-def test_linear_head_is_one_layer() -> None:
-    model = RotationPrediction(**TINY)
+def test_heads_and_default_corruption() -> None:
+    model = RotationPrediction(**TINY, head="linear")
     linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(16, 4)]
-    assert isinstance(model.default_corruption(), Rotations)
+    model = RotationPrediction(**TINY, head_hidden_dim=32)  # the default head: two layers
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 4)]
+    corruption = model.default_corruption()
+    assert isinstance(corruption, Rotations) and corruption.view is not None
+    assert corruption.view.crop_scale == (0.35, 1.0) and corruption.view.flip_p == 0.5
+    assert corruption.view.jitter_p == 0.0 and corruption.view.grayscale_p == 0.0
     assert RotationPrediction(**TINY, mode="random").default_corruption().mode == "random"
 
 
