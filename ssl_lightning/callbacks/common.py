@@ -10,10 +10,15 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
+from ssl_lightning.backbones.stages import Stages, stage_features
+
 __all__ = [
     "LabelRange",
     "datamodule_num_classes",
+    "embed_stages",
     "place_optimizer_state",
+    "probe_optimizer",
+    "stage_step_features",
     "step_features",
     "step_where",
     "warn_if_no_validation",
@@ -36,6 +41,32 @@ def step_features(outputs: Any, hook: str) -> tuple[Tensor, Tensor]:
             f"{tuple(labels.shape)}; expected pooled features [N, D] and labels [N]"
         )
     return features, labels
+
+
+def embed_stages(pl_module: L.LightningModule, images: Tensor, stages: Stages) -> Tensor:
+    """Pooled ``stages`` ``[B, D']`` of the method's exported backbone (the teacher where it
+    exports one) for normalized ``images``, in eval mode, without gradients."""
+    backbone = getattr(pl_module, getattr(pl_module, "export_module", "backbone"))
+    was_training = backbone.training
+    backbone.eval()  # batch statistics would change BatchNorm's running averages
+    try:
+        with torch.no_grad():
+            return stage_features(backbone, images, stages)
+    finally:
+        backbone.train(was_training)
+
+
+def stage_step_features(
+    outputs: Any, batch: Any, pl_module: L.LightningModule, hook: str, stages: Stages
+) -> tuple[Tensor, Tensor]:
+    """The step's own ``(features, labels)`` for ``stages="last"``; else the chosen stages of
+    the batch's clean image (``batch.clean``, else its first view) and ``batch.labels``: one
+    extra backbone pass per step."""
+    if stages == "last":
+        return step_features(outputs, hook)
+    images = getattr(batch, "clean", None)
+    images = batch.views[0] if images is None else images
+    return embed_stages(pl_module, images, stages), batch.labels
 
 
 def datamodule_num_classes(trainer: L.Trainer, callback: str) -> int:
@@ -118,6 +149,19 @@ def step_where(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], tak
                 if isinstance(value, Tensor):
                     before = state.get(i, {}).get(key, torch.zeros_like(value))
                     value.copy_(torch.where(take.to(value.device), value, before))
+
+
+def probe_optimizer(
+    name: str, head: nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """``"adam"`` (capturable on a GPU: its step count stays on the device, where
+    :func:`step_where` can undo it) or ``"sgd"`` (momentum 0.9) over ``head``'s parameters."""
+    if name == "adam":
+        capturable = device.type == "cuda"
+        return torch.optim.Adam(
+            head.parameters(), lr=lr, weight_decay=weight_decay, capturable=capturable
+        )
+    return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
 def place_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

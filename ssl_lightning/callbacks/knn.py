@@ -12,10 +12,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from ssl_lightning import distributed
+from ssl_lightning.backbones.stages import Stages
 from ssl_lightning.callbacks.common import (
     LabelRange,
     datamodule_num_classes,
-    step_features,
+    embed_stages,
+    stage_step_features,
     warn_if_no_validation,
 )
 from ssl_lightning.datamodules.corruptions import normalize
@@ -68,6 +70,8 @@ class KNNMonitor(L.Callback):
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
         prefix: prefix of the logged name.
         bank: ``"clean"`` training images or the epoch's ``"augmented"`` step features.
+        stages: backbone stages of the features (``"last"``: the step's; ``"all"`` or indices:
+            pooled from the exported backbone, see ``backbones.stages``).
 
     Examples:
         >>> trainer = L.Trainer(callbacks=[KNNMonitor(k=200, bank_size=50_000)])  # doctest: +SKIP
@@ -82,6 +86,7 @@ class KNNMonitor(L.Callback):
         num_classes: int | None = None,
         prefix: str = "knn",
         bank: Literal["clean", "augmented"] = "clean",
+        stages: Stages = "last",
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -100,6 +105,7 @@ class KNNMonitor(L.Callback):
         self.num_classes = num_classes
         self.prefix = prefix
         self.bank = bank
+        self.stages = stages
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._stored = 0
@@ -137,7 +143,10 @@ class KNNMonitor(L.Callback):
         batch_idx: int,
     ) -> None:
         if self.bank == "augmented" and outputs:
-            self.add_train(*step_features(outputs, "training_step"), trainer.world_size)
+            self.add_train(
+                *stage_step_features(outputs, batch, pl_module, "training_step", self.stages),
+                trainer.world_size,
+            )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._bank, self._counts = None, None
@@ -158,7 +167,9 @@ class KNNMonitor(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._bank is not None:
-            self.score(*step_features(outputs, "validation_step"))
+            self.score(
+                *stage_step_features(outputs, batch, pl_module, "validation_step", self.stages)
+            )
 
     def on_test_batch_end(
         self,
@@ -170,7 +181,7 @@ class KNNMonitor(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._bank is not None:
-            self.score(*step_features(outputs, "test_step"))
+            self.score(*stage_step_features(outputs, batch, pl_module, "test_step", self.stages))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         accuracy = self.compute()
@@ -208,7 +219,10 @@ class KNNMonitor(L.Callback):
             images, labels = train_set.__getitems__(chunk.tolist())  # host tensors
             x = images.to(pl_module.device).float().div_(255)
             x = normalize(x, datamodule.mean, datamodule.std)
-            self.add_train(pl_module(x), labels.to(pl_module.device), trainer.world_size)
+            features = (
+                pl_module(x) if self.stages == "last" else embed_stages(pl_module, x, self.stages)
+            )
+            self.add_train(features, labels.to(pl_module.device), trainer.world_size)
 
     def prepare_bank(self, world_size: int, device: torch.device) -> None:
         """Gathers every rank's labeled bank rows (all ranks must call it); resets the counts."""

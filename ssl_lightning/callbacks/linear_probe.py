@@ -11,10 +11,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from ssl_lightning import distributed
+from ssl_lightning.backbones.stages import Stages
 from ssl_lightning.callbacks.common import (
     LabelRange,
     datamodule_num_classes,
     place_optimizer_state,
+    probe_optimizer,
+    stage_step_features,
     step_features,
     step_where,
     warn_if_no_validation,
@@ -27,11 +30,10 @@ class OnlineLinearProbe(L.Callback):
     """Trains a linear classifier on the detached features of every training step.
 
     The probe reads ``features`` ``[N, D]`` and ``labels`` ``[N]`` from ``training_step``'s
-    output (no second backbone pass), takes one step of its own optimizer on them in float32
-    (autocast off, whatever the trainer's precision), and scores the ``validation_step``
-    features. Unlabeled samples (label ``-1``) are skipped; a step with no labeled sample on
-    any rank leaves the head and its optimizer unchanged. Nothing in a step waits for the
-    device: labels out of range are reported at the end of the epoch.
+    output (no second backbone pass), takes one float32 step of its own optimizer on them,
+    and scores the ``validation_step`` features. Unlabeled samples (label ``-1``) are
+    skipped; a step with no labeled sample on any rank changes nothing. Nothing in a step
+    waits for the device: labels out of range are reported at the end of the epoch.
 
     Under DDP every rank holds the same head: it starts at zero (the problem is convex, and
     zero needs no broadcast), and each step uses the gradient of the mean loss over the
@@ -41,10 +43,9 @@ class OnlineLinearProbe(L.Callback):
     Logs ``probe/train_loss`` and ``probe/train_acc`` every step (global batch values, from the
     same all-reduce; NaN for a step without labels), ``probe/val_acc_top1`` /
     ``probe/val_acc_top5`` every validation and ``test/probe_acc_top1`` / ``..._top5`` in
-    ``trainer.test`` (summed over ranks; top-5 only with more than 5 classes, and a sample
-    counted in top-1 always counts in top-5). A probe that has not trained (``validate`` or
-    ``test`` of a checkpoint saved without it) logs nothing and warns. Its head and optimizer
-    state go into checkpoints and are restored on resume.
+    ``trainer.test`` (summed over ranks; top-5 only with more than 5 classes, and never below
+    top-1). A probe that has not trained (``validate`` of a checkpoint saved without it) logs
+    nothing and warns. Its head and optimizer state are checkpointed and restored on resume.
 
     Args:
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
@@ -52,6 +53,8 @@ class OnlineLinearProbe(L.Callback):
         optimizer: ``"adam"`` (robust to the feature scale drifting during pretraining) or
             ``"sgd"`` (momentum 0.9).
         weight_decay: weight decay of the probe.
+        stages: backbone stages it reads: ``"last"`` (the step's features) or ``"all"``/indices
+            (pooled from the exported backbone on the clean view; ``backbones.stages``).
         prefix: prefix of the logged names.
 
     Examples:
@@ -65,6 +68,7 @@ class OnlineLinearProbe(L.Callback):
         optimizer: Literal["adam", "sgd"] = "adam",
         weight_decay: float = 0.0,
         prefix: str = "probe",
+        stages: Stages = "last",
     ) -> None:
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -76,7 +80,7 @@ class OnlineLinearProbe(L.Callback):
         self.lr = lr
         self.optimizer_name = optimizer
         self.weight_decay = weight_decay
-        self.prefix = prefix
+        self.prefix, self.stages = prefix, stages
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.trained = False
@@ -105,7 +109,9 @@ class OnlineLinearProbe(L.Callback):
     ) -> None:
         if not outputs:  # a step the method skipped (it returned None)
             return
-        features, labels = step_features(outputs, "training_step")
+        features, labels = stage_step_features(
+            outputs, batch, pl_module, "training_step", self.stages
+        )
         loss, accuracy = self.update(features, labels)
         batch_size = labels.shape[0]
         pl_module.log(f"{self.prefix}/train_loss", loss, batch_size=batch_size)
@@ -119,9 +125,8 @@ class OnlineLinearProbe(L.Callback):
 
     def update(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """One optimizer step of the head on ``features`` ``[N, D]`` and ``labels`` ``[N]``.
-
-        Under DDP every rank must call it once per step (it runs one all-reduce). Labels out
-        of range are ignored here and reported by :meth:`check_labels`.
+        Under DDP every rank calls it once per step (one all-reduce). Labels out of range are
+        ignored here and reported by :meth:`check_labels`.
 
         Returns:
             ``(loss, accuracy)`` of the global batch before the step, as device scalars; NaN
@@ -172,7 +177,9 @@ class OnlineLinearProbe(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if not trainer.sanity_checking and self.trained:
-            self.update_val(*step_features(outputs, "validation_step"))
+            self.update_val(
+                *stage_step_features(outputs, batch, pl_module, "validation_step", self.stages)
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -191,7 +198,9 @@ class OnlineLinearProbe(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self.trained:
-            self.update_val(*step_features(outputs, "test_step"))
+            self.update_val(
+                *stage_step_features(outputs, batch, pl_module, "test_step", self.stages)
+            )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_eval(pl_module, f"test/{self.prefix}_acc")
@@ -263,18 +272,9 @@ class OnlineLinearProbe(L.Callback):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
             self.head = head
-            if self.optimizer_name == "adam":
-                # Capturable keeps Adam's step count on the GPU, where step_where can undo it.
-                self.optimizer = torch.optim.Adam(
-                    head.parameters(),
-                    lr=self.lr,
-                    weight_decay=self.weight_decay,
-                    capturable=features.device.type == "cuda",
-                )
-            else:
-                self.optimizer = torch.optim.SGD(
-                    head.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay
-                )
+            self.optimizer = probe_optimizer(
+                self.optimizer_name, head, self.lr, self.weight_decay, features.device
+            )
             if self._pending_state is not None:
                 self._apply_pending()
         if self.head.in_features != features.shape[1]:
