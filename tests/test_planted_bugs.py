@@ -1,7 +1,8 @@
 """Tests named for plausible bugs that once passed the rest of the suite: each fails when its bug
 is planted (an edited image served stale from the cache, an export written straight to its
 path, a top-left crop, a learning rate blind to the world size, training curves that restart
-after a resume), against a reference that does not come from the code under test."""
+after a resume, kNN votes that overflow at small temperatures), against a reference that does
+not come from the code under test."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ssl_lightning import SimCLR, optim
 from ssl_lightning.callbacks import TrainingCurves
 from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.datamodules.base import InMemoryDataModule
+from ssl_lightning.evaluation.knn import knn_predict
 from ssl_lightning.export import export_backbone
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
@@ -255,3 +257,19 @@ def test_training_curves_continue_after_a_resume(tmp_path: Path) -> None:
     resumed = _curves_run(tmp_path / "resumed", ckpt=tmp_path / "first/ckpt/last.ckpt")
     assert straight.history["epoch"] == resumed.history["epoch"] == [1, 2]
     assert resumed.history["loss"] == pytest.approx(straight.history["loss"])
+
+
+# --- kNN votes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 5e-3, 0.1])
+def test_knn_votes_do_not_overflow_at_small_temperatures(temperature: float) -> None:
+    # Bug: weights exp(sim / T) overflow float32 (exp(88.7)) below T of about 0.011, several
+    # classes tie at inf and argmax takes the first. Each query is a bank entry nudged a little:
+    # its own entry is by far the nearest, so a small temperature must vote for its class.
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(60, 16, generator=g), dim=1)
+    labels = torch.arange(60) % 6
+    queries = bank[:30] + 0.01 * torch.randn(30, 16, generator=g)
+    predicted = knn_predict(queries, bank, labels, num_classes=6, k=20, temperature=temperature)
+    assert predicted.tolist() == labels[:30].tolist()
