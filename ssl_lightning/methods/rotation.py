@@ -8,18 +8,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption, ViewTransform
+from ssl_lightning.datamodules.corruptions import Corruption
+from ssl_lightning.datamodules.corruptions.recipes import crop_flip_view
 from ssl_lightning.datamodules.corruptions.rotation import NUM_ROTATIONS, Rotations
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
 from ssl_lightning.optim import OptimizerName
 
-__all__ = ["ROTATION_VIEW", "RotationPrediction"]
-
-# RotNet trains on cropped and flipped CIFAR images; no color change (a rotation's cues are
-# shapes and layout, and the linear probe sees clean colors).
-ROTATION_VIEW = ViewTransform(crop_scale=(0.35, 1.0), jitter_p=0.0, grayscale_p=0.0)
+__all__ = ["RotationPrediction"]
 
 
 class RotationPrediction(SSLMethod):
@@ -30,11 +27,12 @@ class RotationPrediction(SSLMethod):
     ``k`` (rotation by ``k * 90`` degrees, ``k = 0..3``).
 
     The datamodule's :class:`~ssl_lightning.datamodules.Rotations` makes the rotated copies,
-    by default of a random crop (35-100% of the area) and flip of each image (``ROTATION_VIEW``,
-    as RotNet augments CIFAR); all views go through the backbone in one pass. The default
-    two-layer head lets the head, not the backbone's last stage, specialize on rotations: on
-    CIFAR-10 this recipe learns more than rotating unaugmented images under a linear head
-    (README, Results). The pretext accuracy is logged as ``train/rotation_acc``.
+    by default of a random crop (35-100% of the area) and flip of each image
+    (``crop_flip_view()``, as RotNet augments CIFAR); all views go through the backbone in
+    one pass. The default two-layer head lets the head, not the backbone's last stage,
+    specialize on rotations: on CIFAR-10 this recipe learns more than rotating unaugmented
+    images under a linear head (README, Results). The pretext accuracy is logged as
+    ``train/rotation_acc``.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -82,7 +80,7 @@ class RotationPrediction(SSLMethod):
         self.head = ProjectionHead(self.num_features, head_hidden_dim, NUM_ROTATIONS, num_layers)
 
     def default_corruption(self) -> Corruption:
-        return Rotations(mode=self.mode, view=ROTATION_VIEW)
+        return Rotations(mode=self.mode, view=crop_flip_view())
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         targets = batch.targets
