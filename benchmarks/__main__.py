@@ -8,7 +8,7 @@ Each prints its own details as it goes; the table at the end holds one line per 
 against its baseline. ``benchmarks/README.md`` says what each measures and how to read it.
 
     python -m benchmarks                 # full sizes: about an hour on 2 CPU cores
-    python -m benchmarks --quick         # small sizes: about 2 minutes; checks, not numbers
+    python -m benchmarks --quick         # small sizes, sample images: checks, not numbers
     python -m benchmarks --only throughput --only quality
 """
 
@@ -53,7 +53,7 @@ class Sizes:
 
 
 def sizes(mode: str, data: Path) -> Sizes:
-    """``full`` (the README's numbers), ``quick`` (about 2 minutes) or ``tiny`` (the test's)."""
+    """``full`` (the README's numbers), ``quick`` (small) or ``tiny`` (the test's)."""
     if mode == "full":
         return Sizes(
             augment_images=2048, augment_repeats=3,
@@ -220,7 +220,7 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes")
+    mode.add_argument("--quick", action="store_true", help="small sizes on the sample images")
     mode.add_argument("--tiny", action="store_true", help="the smallest sizes (the test's)")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS), help="a subset")
     parser.add_argument(
