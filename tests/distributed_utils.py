@@ -39,9 +39,20 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     (spawned ones would import torch and Lightning again, seconds each). Each uses one thread.
     """
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(
-            _worker, (world_size, free_port(), out_dir, fn, args), world_size, start_method="fork"
-        )
+        for attempt in range(3):
+            try:
+                mp.start_processes(
+                    _worker,
+                    (world_size, free_port(), out_dir, fn, args),
+                    world_size,
+                    start_method="fork",
+                )
+                break
+            except mp.ProcessRaisedException as error:
+                # The port chosen by free_port() can be taken before the group binds it, and
+                # the group then fails to connect: retry on a new port, not on other errors.
+                if attempt == 2 or "connectFullMesh" not in str(error):
+                    raise
         return [
             torch.load(Path(out_dir) / f"{r}.pt", weights_only=False) for r in range(world_size)
         ]
