@@ -39,13 +39,7 @@ from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.evaluation import frozen_evaluation
 from ssl_lightning.methods import SSLMethod
 
-METHODS = {
-    name: cls
-    for name in methods.__all__
-    if isinstance(cls := getattr(methods, name), type)
-    and issubclass(cls, SSLMethod)
-    and cls is not SSLMethod
-}
+METHODS = methods.method_classes()
 
 
 def _trainer(root: Path, **kwargs: Any) -> L.Trainer:

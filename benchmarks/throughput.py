@@ -37,13 +37,7 @@ from ssl_lightning.datamodules import Batch
 from ssl_lightning.methods import SimCLR, SSLMethod
 from ssl_lightning.optim import build_optimizer
 
-METHODS = {
-    name: cls
-    for name in methods.__all__
-    if isinstance(cls := getattr(methods, name), type)
-    and issubclass(cls, SSLMethod)
-    and cls is not SSLMethod
-}
+METHODS = methods.method_classes()
 # MAE encodes visible patches: it needs a ViT; every other method runs on the conv net.
 BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
     "conv": ("convnet", {"width": 32, "depth": 4}),

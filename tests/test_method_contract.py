@@ -32,6 +32,10 @@ TINY_BACKBONES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def test_method_classes_lists_every_exported_method() -> None:
+    assert methods.method_classes() == {cls.__name__: cls for cls in METHODS}
+
+
 def _tiny(method: type[SSLMethod]) -> tuple[SSLMethod, str, dict[str, Any]]:
     refusals = []
     for name, kwargs in TINY_BACKBONES:

@@ -27,4 +27,15 @@ __all__ = [
     "SimSiam",
     "StepOutput",
     "VICReg",
+    "method_classes",
 ]
+
+
+def method_classes() -> dict[str, type[SSLMethod]]:
+    """Every pretext method class this package exports, by name (``SSLMethod`` itself left out)."""
+    exported = {name: globals()[name] for name in __all__ if name != "method_classes"}
+    return {
+        name: cls
+        for name, cls in exported.items()
+        if isinstance(cls, type) and issubclass(cls, SSLMethod) and cls is not SSLMethod
+    }
