@@ -3,7 +3,9 @@
 ``--model`` and ``--data`` take a class by short name (``SimCLR``, ``LinearEvaluation``,
 ``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``,
 importable from the working directory).
-``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file.
+``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file;
+``ssl-lightning evaluate MODEL... --data-dir DIR`` runs the fast frozen evaluation of checkpoints
+or weights files (:mod:`ssl_lightning.evaluation.command`).
 
 Every run writes its checkpoints atomically, saves one at the end of fit and reads them with
 ``weights_only=True`` (:mod:`ssl_lightning.run_files`); a configuration error prints the
@@ -27,12 +29,15 @@ import ssl_lightning.evaluation  # registers LinearEvaluation for --model short 
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
 from ssl_lightning import export
 from ssl_lightning.cli_errors import CleanErrorParser, show_tracebacks, user_error
+from ssl_lightning.evaluation import command as evaluate_command
 from ssl_lightning.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
 
 EPILOG = (
     "export: `ssl-lightning export CHECKPOINT OUT.pt [--overwrite]` writes the backbone of an "
     "SSL checkpoint as a weights file for create_backbone(name, weights=OUT.pt) "
-    "(`ssl-lightning export --help` for details)."
+    "(`ssl-lightning export --help` for details). evaluate: `ssl-lightning evaluate MODEL... "
+    "--data-dir DIR [--random-init] [--stages all]` fits a linear and a kNN classifier on "
+    "frozen features (`ssl-lightning evaluate --help`)."
 )
 
 
@@ -80,6 +85,9 @@ def main(args: list[str] | None = None, clean_errors: bool | None = None) -> Non
         sys.path.insert(0, os.getcwd())
     if argv and argv[0] == "export":
         export.main(argv[1:])
+        return
+    if argv and argv[0] == "evaluate":
+        evaluate_command.main(argv[1:])
         return
     if clean_errors is None:
         clean_errors = args is None

@@ -25,6 +25,7 @@ from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.weights import (
     check_finite,
     check_overwrite,
+    check_weights,
     is_weights,
     load_plain,
     write_weights,
@@ -65,6 +66,31 @@ class BackboneCheckpoint:
             "pass the .ckpt an SSL pretraining run wrote "
             "(lightning_logs/version_N/checkpoints/*.ckpt)",
         )
+        return cls.parse(ckpt, path)
+
+    @classmethod
+    def read_any(cls, path: str | Path) -> BackboneCheckpoint:
+        """Reads the backbone of an SSL checkpoint or of an exported weights file.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: if it is neither (see :meth:`read` and
+                :func:`~ssl_lightning.backbones.weights.read_weights`).
+        """
+        path = Path(path)
+        content = load_plain(
+            path,
+            "checkpoint or weights file",
+            "pass the .ckpt of an SSL run or a weights file from `ssl-lightning export`",
+        )
+        if is_weights(content):
+            weights = check_weights(content, path)
+            return cls(weights["name"], dict(weights["kwargs"]), weights["state_dict"])
+        return cls.parse(content, path)
+
+    @classmethod
+    def parse(cls, ckpt: Any, path: Path) -> BackboneCheckpoint:
+        """The backbone of ``ckpt``, a checkpoint loaded from ``path`` (see :meth:`read`)."""
         if is_weights(ckpt):
             raise ValueError(
                 f"{str(path)!r} is an exported weights file, not a Lightning checkpoint; load it "

@@ -22,6 +22,7 @@ __all__ = [
     "check_finite",
     "check_overwrite",
     "check_request",
+    "check_weights",
     "is_weights",
     "load_plain",
     "read_weights",
@@ -155,6 +156,15 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     content = load_plain(
         path, "backbone weights file", "write one with `ssl-lightning export CHECKPOINT OUT.pt`"
     )
+    return check_weights(content, path)
+
+
+def check_weights(content: Any, path: Path) -> dict[str, Any]:
+    """``content``, loaded from ``path``, if it is a weights file with finite weights.
+
+    Raises:
+        ValueError: as :func:`read_weights`.
+    """
     if not is_weights(content):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise ValueError(
