@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import torch
 
 from ssl_lightning import create_backbone, methods
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.evaluation import frozen_evaluation
+from ssl_lightning.evaluation.command import evaluate_stages
 from ssl_lightning.methods import SSLMethod
 
 METHODS = methods.method_classes()
@@ -110,28 +111,14 @@ def evaluate(
 ) -> dict:
     """Frozen evaluation of each stage selection; keys of ``"all"`` are prefixed ``all_``,
     those of stage ``i`` ``stage{i}_``."""
-    assert data.train_set is not None and data.val_set is not None
+    start = time.perf_counter()
+    results = evaluate_stages(backbone, data, stages)  # type: ignore[arg-type]
+    print(f"  frozen evaluation of {list(results)} in {time.perf_counter() - start:.0f} s")
     row: dict[str, Any] = {}
-    for selection in stages:
-        start = time.perf_counter()
-        result = frozen_evaluation(
-            backbone,
-            data.train_set.images,
-            data.train_set.labels,
-            data.val_set.images,
-            data.val_set.labels,
-            data.mean,
-            data.std,
-            stages=selection,  # type: ignore[arg-type]
-        )
-        print(f"  frozen evaluation ({selection}) in {time.perf_counter() - start:.0f} s: {result}")
-        prefix = {"last": "", "all": "all_"}.get(str(selection), f"stage{selection}_")
-        row |= {
-            f"{prefix}linear_top1": result.linear_top1,
-            f"{prefix}linear_top5": result.linear_top5,
-            f"{prefix}knn_top1": result.knn_top1,
-            f"{prefix}weight_decay": result.weight_decay,
-        }
+    for label, result in results.items():
+        print(f"  {label}: {result}")
+        prefix = "" if label == "last" else f"{label}_"
+        row |= {f"{prefix}{key}": value for key, value in asdict(result).items()}
     return row
 
 
