@@ -6,12 +6,15 @@ Per method, two measurements of the same model (same backbone, heads, optimizer 
 - plain: a bare PyTorch loop over batches augmented beforehand: ``pretext_step`` (forward and
   loss), ``backward``, the optimizer's ``step`` and the method's ``after_optimizer_step`` (EMA
   teachers). No Lightning, no augmentation inside the timed step: the model's own cost.
+- plain+aug: the same loop with the method's batched augmentation of uint8 images inside the
+  timed step, alternating step by step with plain.
 - ours: ``Trainer.fit`` over uint8 images in memory, timed from one training batch's start to
   the next, so each step holds the loader, the batched augmentation, the logging and
   Lightning's hooks as well as the model's work.
 
 ``ours / plain`` is the share of the model-only rate a training run keeps; ``overhead`` is the
-rest of a step (augmentation, logging, Lightning), as a share of the step. The channels-last
+rest of a step, split into the augmentation's share (``plain+aug`` against ``plain``) and the
+rest (loader, logging, Lightning's hooks: ``ours`` against ``plain+aug``). The channels-last
 comparison runs the plain SimCLR step of a conv net and a ResNet-18 in both memory formats,
 alternating step by step in one process so a busy machine slows both alike.
 
@@ -98,12 +101,28 @@ def timed(step: Callable[[Batch], None], batch: Batch) -> float:
     return time.perf_counter() - start
 
 
-def plain_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) -> list[float]:
-    """Seconds per plain step after ``warmup`` untimed steps."""
-    batches = augmented_batches(model, batch_size, min(4, steps + warmup))
+def plain_times(
+    model: SSLMethod, batch_size: int, steps: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per plain step after ``warmup`` untimed ones: on batches augmented beforehand
+    (the model's own cost), and augmenting uint8 images inside the timed step, alternating."""
+    generator = torch.Generator().manual_seed(0)
+    corruption = model.default_corruption()
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(batch_size) % 10
+    batches = augmented_batches(model, batch_size, 2)
     step = plain_step(model)
-    times = [timed(step, batches[i % len(batches)]) for i in range(steps + warmup)]
-    return times[warmup:]
+
+    def augment_and_step(_: Batch) -> None:
+        step(corruption(images.float().div_(255), labels, generator))
+
+    model_only, with_augmentation = [], []
+    for i in range(steps + warmup):
+        seconds = timed(step, batches[i % 2]), timed(augment_and_step, batches[0])
+        if i >= warmup:
+            model_only.append(seconds[0])
+            with_augmentation.append(seconds[1])
+    return model_only, with_augmentation
 
 
 def lightning_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) -> list[float]:
@@ -125,22 +144,29 @@ def lightning_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) 
 def method_throughput(
     names: list[str], batch_size: int, steps: int, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
-    """Images/s of each method's plain step and Lightning step, and the overhead share."""
+    """Images/s of each method's plain step (without and with augmentation) and Lightning step,
+    and the shares of the Lightning step that augmentation and the rest take."""
     results = {}
     for name in names:
         torch.manual_seed(0)
         model = build(name, warmup_epochs=0)
-        plain = statistics.median(plain_times(copy.deepcopy(model), batch_size, steps, warmup))
+        model_times, augmented_times = plain_times(copy.deepcopy(model), batch_size, steps, warmup)
+        plain, augmented = statistics.median(model_times), statistics.median(augmented_times)
         ours = statistics.median(lightning_times(model, batch_size, steps, warmup))
         results[name] = {
             "plain img/s": batch_size / plain,
+            "plain+aug img/s": batch_size / augmented,
             "ours img/s": batch_size / ours,
             "ours/plain": plain / ours,
+            "ours/plain+aug": augmented / ours,
             "overhead": 1 - plain / ours,
+            "augmentation share": (augmented - plain) / ours,
         }
         print(
-            f"{name:<22} plain {batch_size / plain:>7.0f} img/s   ours {batch_size / ours:>7.0f} "
-            f"img/s   ours/plain {plain / ours:.2f}   overhead {1 - plain / ours:+.0%} of a step"
+            f"{name:<20} plain {batch_size / plain:>6.0f} img/s   +aug "
+            f"{batch_size / augmented:>6.0f}   ours {batch_size / ours:>6.0f}   ours/plain "
+            f"{plain / ours:.0%}   ours/(plain+aug) {augmented / ours:.0%}   of a step: "
+            f"augmentation {(augmented - plain) / ours:.0%}, the rest {1 - augmented / ours:.0%}"
         )
     return results
 
