@@ -11,9 +11,11 @@ import torch
 
 from ssl_lightning import SimCLR
 from ssl_lightning.backbones import create_backbone
+from ssl_lightning.backbones.stages import Stages, stage_widths
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.evaluation import frozen_evaluation
+from ssl_lightning.evaluation.command import evaluate_stages
 from ssl_lightning.export import export_backbone
 from tests.helpers import SAMPLE
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
@@ -24,7 +26,7 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_LIGHTNING_CACHE", str(tmp_path / "cache"))
 
 
-def _reference(backbone: torch.nn.Module, stages: str = "last") -> dict[str, float]:
+def _reference(backbone: torch.nn.Module, stages: Stages = "last") -> dict[str, float]:
     """The same evaluation through the Python API, on the sample's train and test folders."""
     dm = ImageFolderDataModule(SAMPLE)
     dm.setup("fit")
@@ -37,7 +39,7 @@ def _reference(backbone: torch.nn.Module, stages: str = "last") -> dict[str, flo
         dm.val_set.labels,
         dm.mean,
         dm.std,
-        stages=stages,  # type: ignore[arg-type]
+        stages=stages,
     )
     return {"linear_top1": result.linear_top1, "knn_top1": result.knn_top1}
 
@@ -102,3 +104,18 @@ def test_bad_input_names_the_file_or_the_option(
     with pytest.raises(SystemExit):
         main(["evaluate", str(ckpt), "--data-dir", str(SAMPLE), "--stages", "middle"])
     assert "'middle'" in capsys.readouterr().err
+
+
+def test_stage_selections_sliced_from_one_extraction_match_their_own_evaluation() -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone("convnet", width=4, depth=3).train()
+    assert stage_widths(backbone, torch.zeros(1, 3, 32, 32)) == [4, 8, 16]
+    running_mean = backbone.features[1].running_mean.clone()
+    selections: tuple[Stages, ...] = ("all", 1, (2, 0), "last")
+    results = evaluate_stages(backbone, ImageFolderDataModule(SAMPLE), selections)
+    assert list(results) == ["all", "stage1", "stage(2, 0)", "last"]
+    assert backbone.training and torch.equal(backbone.features[1].running_mean, running_mean)
+    for selection, result in zip(selections, results.values(), strict=True):
+        expected = _reference(backbone, selection)
+        assert result.linear_top1 == pytest.approx(expected["linear_top1"], abs=1e-6)
+        assert result.knn_top1 == pytest.approx(expected["knn_top1"], abs=1e-6)

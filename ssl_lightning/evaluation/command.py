@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.backbones.stages import Stages
+from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_widths
 from ssl_lightning.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     ImageFolderDataModule,
     InMemoryDataModule,
 )
-from ssl_lightning.evaluation.frozen import FrozenResult, frozen_evaluation
+from ssl_lightning.evaluation.frozen import FrozenResult, evaluate_features, extract_features
 from ssl_lightning.export import BackboneCheckpoint
 
 __all__ = ["DATAMODULES", "evaluate_stages", "main", "stage_label"]
@@ -56,7 +56,11 @@ def evaluate_stages(
 ) -> dict[str, FrozenResult]:
     """Frozen evaluation of ``backbone`` for each stage selection, keyed by
     :func:`stage_label`: fitted on ``data``'s training split, scored on its validation split
-    (the dataset's test split unless ``val_fraction`` holds one out of the training images)."""
+    (the dataset's test split unless ``val_fraction`` holds one out of the training images).
+
+    The pooled features of every stage are extracted once and sliced for each selection other
+    than ``"last"`` (the backbone's own pooled output, extracted on its own).
+    """
     data.setup("fit")
     train, test = data.train_set, data.val_set
     if train is None or test is None:
@@ -65,20 +69,35 @@ def evaluate_stages(
             "data_dir/test/ or data_dir/val/); hold out part of the training images with "
             "--val-fraction 0.1"
         )
-    return {
-        stage_label(selection): frozen_evaluation(
-            backbone,
-            train.images,
-            train.labels,
-            test.images,
-            test.labels,
-            data.mean,
-            data.std,
-            progress=progress,
-            stages=selection,
+    features: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def extract(selection: Stages) -> tuple[Tensor, Tensor]:
+        return tuple(  # type: ignore[return-value]
+            extract_features(backbone, split.images, data.mean, data.std, 512, progress, selection)
+            for split in (train, test)
         )
-        for selection in stages
-    }
+
+    results = {}
+    for selection in stages:
+        if selection == "last":
+            train_x, test_x = extract("last")
+        else:
+            if "all" not in features:
+                features["all"] = extract("all")
+            columns = _stage_columns(backbone, train.images[:1], selection)
+            train_x, test_x = (x[:, columns] for x in features["all"])
+        results[stage_label(selection)] = evaluate_features(
+            train_x, train.labels, test_x, test.labels
+        )
+    return results
+
+
+def _stage_columns(backbone: nn.Module, image: Tensor, selection: Stages) -> Tensor:
+    """Columns of the ``"all"`` features that hold ``selection``'s stages, in its order."""
+    widths = stage_widths(backbone, image.float())
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    indices = resolve_stages(selection, len(widths))
+    return torch.cat([torch.arange(starts[i], starts[i] + widths[i]) for i in indices])
 
 
 def _stages(value: str) -> Stages:

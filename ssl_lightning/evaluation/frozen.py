@@ -31,7 +31,13 @@ from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.datamodules.dataset import stratified_holdout
 from ssl_lightning.evaluation.knn import knn_predict
 
-__all__ = ["FrozenResult", "extract_features", "fit_linear_classifier", "frozen_evaluation"]
+__all__ = [
+    "FrozenResult",
+    "evaluate_features",
+    "extract_features",
+    "fit_linear_classifier",
+    "frozen_evaluation",
+]
 
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -177,6 +183,19 @@ def frozen_evaluation(
     """
     train_x = extract_features(backbone, train_images, mean, std, batch_size, progress, stages)
     test_x = extract_features(backbone, test_images, mean, std, batch_size, progress, stages)
+    return evaluate_features(train_x, train_labels, test_x, test_labels, k, temperature)
+
+
+def evaluate_features(
+    train_x: Tensor,
+    train_labels: Tensor,
+    test_x: Tensor,
+    test_labels: Tensor,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> FrozenResult:
+    """The linear and kNN classifiers of :func:`frozen_evaluation` on features already
+    extracted: ``train_x [N, D]`` with ``train_labels [N]``, scored on ``test_x [M, D]``."""
     num_classes = int(train_labels.max()) + 1
     classifier = fit_linear_classifier(train_x, train_labels, num_classes)
     logits = classifier.logits(test_x)  # [M, C]
