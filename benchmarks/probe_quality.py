@@ -18,6 +18,7 @@ table printed at the end covers every row in that file.
 
     python benchmarks/probe_quality.py --data-dir ../shared/data/cifar10-jpeg --method all
     python benchmarks/probe_quality.py --method SimCLR --method BYOL --minutes 7
+    python benchmarks/probe_quality.py --no-random-init --plot curves.png  # the rows so far
     python benchmarks/probe_quality.py --method MAE --backbone vit_tiny \
         --backbone-kwargs '{"dim": 96, "depth": 4, "num_heads": 3}'
 """
@@ -138,6 +139,46 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {r['method']} | {r.get('steps', '-')} | {r.get('images_per_s', '-')} | {cells} |")
 
 
+def plot_budget_curves(rows: list[dict], path: Path) -> None:
+    """Linear top-1 against pretraining steps, one colour per method (``last`` stage solid,
+    ``all`` stages dashed), the untrained network's as horizontal lines; saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("linear_top1", "-"), ("all_linear_top1", "--")):
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+            points = sorted(
+                (r["steps"], r[key])
+                for r in rows
+                if r["method"] == method and key in r and "steps" in r
+            )
+            if points:
+                steps, accuracy = zip(*points, strict=True)
+                ax.plot(
+                    steps,
+                    [100 * a for a in accuracy],
+                    style + "o",
+                    color=f"C{i}",
+                    label=f"{method} ({'last' if key == 'linear_top1' else 'all'})",
+                )
+        for r in rows:
+            if r["method"] == "random init" and key in r:
+                ax.axhline(
+                    100 * r[key],
+                    color="gray",
+                    linestyle=style,
+                    label=f"random init ({'last' if key == 'linear_top1' else 'all'})",
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("pretraining steps (batch 256, log scale)")
+    ax.set_ylabel("frozen linear top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Runs the command line ``argv`` (``sys.argv`` by default); returns the rows of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -165,6 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--plot", type=Path, help="also draw accuracy against steps for every row of --out"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("benchmark_logs/probe_quality/results.jsonl")
     )
     args = parser.parse_args(argv)
@@ -177,15 +221,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")
 
+    jobs: list[str] = names if args.no_random_init else ["random init", *names]
     data = ImageFolderDataModule(args.data_dir, batch_size=args.batch_size)
-    data.setup("fit")  # decodes (or reads the cache) before any clock starts
+    if jobs:
+        data.setup("fit")  # decodes (or reads the cache) before any clock starts
     setting = {
         "backbone": args.backbone,
         "backbone_kwargs": args.backbone_kwargs,
         "batch_size": args.batch_size,
         "budget": f"{args.steps} steps" if args.steps else f"{args.minutes:g} min",
     }
-    jobs: list[str] = names if args.no_random_init else ["random init", *names]
     for name in jobs:
         if name == "random init":
             L.seed_everything(args.seed)
@@ -195,8 +240,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = run_method(args, name, data)
         with args.out.open("a") as f:
             f.write(json.dumps({**row, **setting}) + "\n")
-    rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    lines = args.out.read_text().splitlines() if args.out.exists() else []
+    rows = [json.loads(line) for line in lines]
     print_table(rows)
+    if args.plot is not None:
+        plot_budget_curves(rows, args.plot)
+        print(f"wrote {args.plot}")
     return rows
 
 
