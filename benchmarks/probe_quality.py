@@ -127,16 +127,37 @@ def _percent(row: dict, key: str) -> str:
     return f"{row[key]:.1%}" if key in row else "-"
 
 
+def best_stage(row: dict) -> tuple[str, float] | None:
+    """The single stage with the best linear top-1 among the row's ``stage<i>_`` and last-stage
+    results, as ``(name, accuracy)``; ``None`` when no single stage was evaluated."""
+    scores = {
+        key.split("_")[0]: value
+        for key, value in row.items()
+        if key.startswith("stage") and key.endswith("_linear_top1")
+    }
+    if not scores:
+        return None
+    if "linear_top1" in row:
+        scores["last"] = row["linear_top1"]
+    name = max(scores, key=scores.__getitem__)
+    return name, scores[name]
+
+
 def print_table(rows: list[dict]) -> None:
     print(
         "\n| method | steps | images/s | linear top-1 | linear top-5 | kNN top-1 "
-        "| all stages: linear top-1 | kNN top-1 |"
+        "| all stages: linear top-1 | kNN top-1 | best single stage |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         scores = ["linear_top1", "linear_top5", "knn_top1", "all_linear_top1", "all_knn_top1"]
         cells = " | ".join(_percent(r, key) for key in scores)
-        print(f"| {r['method']} | {r.get('steps', '-')} | {r.get('images_per_s', '-')} | {cells} |")
+        best = best_stage(r)
+        best_cell = f"{best[0]}: {best[1]:.1%}" if best else "-"
+        print(
+            f"| {r['method']} | {r.get('steps', '-')} | {r.get('images_per_s', '-')} | {cells} "
+            f"| {best_cell} |"
+        )
 
 
 def plot_budget_curves(rows: list[dict], path: Path) -> None:

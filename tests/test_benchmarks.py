@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.probe_quality import best_stage
 from benchmarks.throughput import augmented_batches, build, plain_step
 
 REPO = Path(__file__).parent.parent
@@ -51,3 +52,10 @@ def test_plain_step_is_the_lightning_step_without_lightning() -> None:
         model.state_dict().items(), reference.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(got, want, msg=name)
+
+
+def test_best_stage_compares_single_stages_with_the_last() -> None:
+    row = {"linear_top1": 0.5, "stage0_linear_top1": 0.4, "stage2_linear_top1": 0.55}
+    assert best_stage({**row, "all_linear_top1": 0.6}) == ("stage2", 0.55)  # not the concatenation
+    assert best_stage({**row, "linear_top1": 0.7}) == ("last", 0.7)
+    assert best_stage({"linear_top1": 0.5}) is None
