@@ -1,7 +1,7 @@
 """Training-step throughput: each method's Lightning step against a plain PyTorch loop of the
 same model and recipe, and channels-last against contiguous memory format.
 
-Per method, two measurements of the same model (same backbone, heads, optimizer recipe, batch):
+Per method, three measurements of the same model (same backbone, heads, optimizer recipe, batch):
 
 - plain: a bare PyTorch loop over batches augmented beforehand: ``pretext_step`` (forward and
   loss), ``backward``, the optimizer's ``step`` and the method's ``after_optimizer_step`` (EMA
@@ -11,6 +11,10 @@ Per method, two measurements of the same model (same backbone, heads, optimizer 
 - ours: ``Trainer.fit`` over uint8 images in memory, timed from one training batch's start to
   the next, so each step holds the loader, the batched augmentation, the logging and
   Lightning's hooks as well as the model's work.
+
+The plain steps run on a copy of the model inside the Lightning run, after every batch, and
+their time is taken out of Lightning's interval: the three alternate step by step, so a busy
+machine slows them alike.
 
 ``ours / plain`` is the share of the model-only rate a training run keeps; ``overhead`` is the
 rest of a step, split into the augmentation's share (``plain+aug`` against ``plain``) and the
@@ -34,7 +38,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmarks.probe_overhead import RandomImages, StepTimer
+from benchmarks.probe_overhead import RandomImages
 from ssl_lightning import methods
 from ssl_lightning.datamodules import Batch
 from ssl_lightning.methods import SimCLR, SSLMethod
@@ -101,58 +105,71 @@ def timed(step: Callable[[Batch], None], batch: Batch) -> float:
     return time.perf_counter() - start
 
 
-def plain_times(
-    model: SSLMethod, batch_size: int, steps: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Seconds per plain step after ``warmup`` untimed ones: on batches augmented beforehand
-    (the model's own cost), and augmenting uint8 images inside the timed step, alternating."""
-    generator = torch.Generator().manual_seed(0)
-    corruption = model.default_corruption()
-    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.arange(batch_size) % 10
-    batches = augmented_batches(model, batch_size, 2)
-    step = plain_step(model)
+class InterleavedPlainSteps(L.Callback):
+    """Runs a plain PyTorch step of a copy of the model after every Lightning training batch,
+    once on a batch augmented beforehand (the model's own cost) and once augmenting uint8
+    images inside the timed step, so all three are measured alternating, under the same load.
 
-    def augment_and_step(_: Batch) -> None:
-        step(corruption(images.float().div_(255), labels, generator))
+    Lightning's own step is the interval between consecutive batch starts (loader,
+    augmentation, step, hooks) minus the two plain steps run inside it.
+    """
 
-    model_only, with_augmentation = [], []
-    for i in range(steps + warmup):
-        seconds = timed(step, batches[i % 2]), timed(augment_and_step, batches[0])
-        if i >= warmup:
-            model_only.append(seconds[0])
-            with_augmentation.append(seconds[1])
-    return model_only, with_augmentation
+    def __init__(self, model: SSLMethod, batch_size: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        corruption = model.default_corruption()
+        images = torch.randint(
+            0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator
+        )
+        labels = torch.arange(batch_size) % 10
+        batches = augmented_batches(model, batch_size, 2)
+        step = plain_step(model)
 
+        def augment_and_step(_: Batch) -> None:
+            step(corruption(images.float().div_(255), labels, generator))
 
-def lightning_times(model: SSLMethod, batch_size: int, steps: int, warmup: int) -> list[float]:
-    """Seconds per ``Trainer.fit`` step (loader, augmentation, step, hooks) after ``warmup``."""
-    timer = StepTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps + warmup,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(model, RandomImages(batch_size * (steps + warmup), batch_size))
-    return timer.step_times(warmup)
+        self.steps = (step, augment_and_step)
+        self.batches = batches
+        self.starts: list[float] = []
+        self.plain: list[tuple[float, float]] = []  # (model only, with augmentation) per batch
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        batch = self.batches[len(self.plain) % 2]
+        self.plain.append((timed(self.steps[0], batch), timed(self.steps[1], batch)))
+
+    def times(self, warmup: int) -> tuple[list[float], list[float], list[float]]:
+        """Seconds per step after ``warmup``: plain, plain with augmentation, ours."""
+        rows = range(warmup, len(self.starts) - 1)
+        plain = [self.plain[i][0] for i in rows]
+        augmented = [self.plain[i][1] for i in rows]
+        ours = [self.starts[i + 1] - self.starts[i] - sum(self.plain[i]) for i in rows]
+        return plain, augmented, ours
 
 
 def method_throughput(
     names: list[str], batch_size: int, steps: int, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
     """Images/s of each method's plain step (without and with augmentation) and Lightning step,
-    and the shares of the Lightning step that augmentation and the rest take."""
+    measured alternating in one run, and the shares of the Lightning step that augmentation and
+    the rest take."""
     results = {}
     for name in names:
         torch.manual_seed(0)
         model = build(name, warmup_epochs=0)
-        model_times, augmented_times = plain_times(copy.deepcopy(model), batch_size, steps, warmup)
-        plain, augmented = statistics.median(model_times), statistics.median(augmented_times)
-        ours = statistics.median(lightning_times(model, batch_size, steps, warmup))
+        interleaved = InterleavedPlainSteps(copy.deepcopy(model), batch_size)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=steps + warmup + 1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[interleaved],
+        )
+        trainer.fit(model, RandomImages(batch_size * (steps + warmup + 1), batch_size))
+        plain, augmented, ours = (statistics.median(t) for t in interleaved.times(warmup))
         results[name] = {
             "plain img/s": batch_size / plain,
             "plain+aug img/s": batch_size / augmented,
