@@ -69,7 +69,6 @@ def evaluate_stages(
             "data_dir/test/ or data_dir/val/); hold out part of the training images with "
             "--val-fraction 0.1"
         )
-    features: dict[str, tuple[Tensor, Tensor]] = {}
 
     def extract(selection: Stages) -> tuple[Tensor, Tensor]:
         return tuple(  # type: ignore[return-value]
@@ -77,27 +76,24 @@ def evaluate_stages(
             for split in (train, test)
         )
 
+    every_stage: tuple[Tensor, Tensor] | None = None  # "all", extracted at most once
+    starts: list[int] = []  # first column of each stage in it
     results = {}
     for selection in stages:
         if selection == "last":
             train_x, test_x = extract("last")
         else:
-            if "all" not in features:
-                features["all"] = extract("all")
-            columns = _stage_columns(backbone, train.images[:1], selection)
-            train_x, test_x = (x[:, columns] for x in features["all"])
+            if every_stage is None:
+                every_stage = extract("all")
+                widths = stage_widths(backbone, train.images[:1].float())
+                starts = [sum(widths[:i]) for i in range(len(widths) + 1)]
+            indices = resolve_stages(selection, len(starts) - 1)
+            columns = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in indices])
+            train_x, test_x = (x[:, columns] for x in every_stage)
         results[stage_label(selection)] = evaluate_features(
             train_x, train.labels, test_x, test.labels
         )
     return results
-
-
-def _stage_columns(backbone: nn.Module, image: Tensor, selection: Stages) -> Tensor:
-    """Columns of the ``"all"`` features that hold ``selection``'s stages, in its order."""
-    widths = stage_widths(backbone, image.float())
-    starts = [sum(widths[:i]) for i in range(len(widths))]
-    indices = resolve_stages(selection, len(widths))
-    return torch.cat([torch.arange(starts[i], starts[i] + widths[i]) for i in indices])
 
 
 def _stages(value: str) -> Stages:
@@ -193,10 +189,10 @@ def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
         torch.manual_seed(ns.seed)
         first = sources[0][1]
         models.append((f"random init ({first.name})", create_backbone(first.name, **first.kwargs)))
+    stages = tuple(ns.stages or ["last"])
     rows = []
     for name, backbone in models:
         start = time.perf_counter()
-        stages = tuple(ns.stages or ["last"])
         results = evaluate_stages(backbone.to(ns.device), data, stages, progress=True)
         seconds = round(time.perf_counter() - start, 1)
         for label, result in results.items():
