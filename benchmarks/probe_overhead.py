@@ -66,6 +66,23 @@ class StepTimer(L.Callback):
         return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)][warmup:]
 
 
+def fit_on_random_images(
+    model: L.LightningModule, batch_size: int, steps: int, callbacks: list[L.Callback]
+) -> None:
+    """``steps`` training steps of ``model`` on random images on the CPU, with nothing but
+    ``callbacks`` (no logger, checkpoint, progress bar or summary)."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, RandomImages(batch_size * steps, batch_size))
+
+
 def timed_fit(
     backbone: str, width: int, batch_size: int, steps: int, warmup: int
 ) -> tuple[list[float], list[float]]:
@@ -79,16 +96,7 @@ def timed_fit(
     )
     timer = StepTimer()
     # The timer comes first, so a step's time includes every other callback's batch hooks.
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps + warmup,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, EveryOtherStepProbe()],
-    )
-    trainer.fit(model, RandomImages(batch_size * (steps + warmup), batch_size))
+    fit_on_random_images(model, batch_size, steps + warmup, [timer, EveryOtherStepProbe()])
     times = timer.step_times(warmup)  # warmup is even: times[0] is a step without
     return times[0::2], times[1::2]
 

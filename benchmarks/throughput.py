@@ -16,8 +16,8 @@ The plain steps run on a copy of the model inside the Lightning run, after every
 their time is taken out of Lightning's interval: the three alternate step by step, so a busy
 machine slows them alike.
 
-``ours / plain`` is the share of the model-only rate a training run keeps; ``overhead`` is the
-rest of a step, split into the augmentation's share (``plain+aug`` against ``plain``) and the
+``ours / plain`` is the share of the model-only rate a training run keeps; the rest of a step
+splits into the augmentation's share (``plain+aug`` against ``plain``) and the
 rest (loader, logging, Lightning's hooks: ``ours`` against ``plain+aug``). The channels-last
 comparison runs the plain SimCLR step of a conv net and a ResNet-18 in both memory formats,
 alternating step by step in one process so a busy machine slows both alike.
@@ -35,10 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 
-from benchmarks.probe_overhead import RandomImages
+from benchmarks.probe_overhead import StepTimer, fit_on_random_images
 from ssl_lightning import methods
 from ssl_lightning.datamodules import Batch
 from ssl_lightning.methods import SimCLR, SSLMethod
@@ -105,7 +104,7 @@ def timed(step: Callable[[Batch], None], batch: Batch) -> float:
     return time.perf_counter() - start
 
 
-class InterleavedPlainSteps(L.Callback):
+class InterleavedPlainSteps(StepTimer):
     """Runs a plain PyTorch step of a copy of the model after every Lightning training batch,
     once on a batch augmented beforehand (the model's own cost) and once augmenting uint8
     images inside the timed step, so all three are measured alternating, under the same load.
@@ -127,13 +126,10 @@ class InterleavedPlainSteps(L.Callback):
         def augment_and_step(_: Batch) -> None:
             step(corruption(images.float().div_(255), labels, generator))
 
+        super().__init__()
         self.steps = (step, augment_and_step)
         self.batches = batches
-        self.starts: list[float] = []
         self.plain: list[tuple[float, float]] = []  # (model only, with augmentation) per batch
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.starts.append(time.perf_counter())
 
     def on_train_batch_end(self, *args: Any) -> None:
         batch = self.batches[len(self.plain) % 2]
@@ -141,11 +137,9 @@ class InterleavedPlainSteps(L.Callback):
 
     def times(self, warmup: int) -> tuple[list[float], list[float], list[float]]:
         """Seconds per step after ``warmup``: plain, plain with augmentation, ours."""
-        rows = range(warmup, len(self.starts) - 1)
-        plain = [self.plain[i][0] for i in rows]
-        augmented = [self.plain[i][1] for i in rows]
-        ours = [self.starts[i + 1] - self.starts[i] - sum(self.plain[i]) for i in rows]
-        return plain, augmented, ours
+        plain = self.plain[warmup:]
+        ours = [step - sum(p) for step, p in zip(self.step_times(warmup), plain, strict=True)]
+        return [p[0] for p in plain], [p[1] for p in plain], ours
 
 
 def method_throughput(
@@ -159,16 +153,7 @@ def method_throughput(
         torch.manual_seed(0)
         model = build(name, warmup_epochs=0)
         interleaved = InterleavedPlainSteps(copy.deepcopy(model), batch_size)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=steps + warmup + 1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[interleaved],
-        )
-        trainer.fit(model, RandomImages(batch_size * (steps + warmup + 1), batch_size))
+        fit_on_random_images(model, batch_size, steps + warmup, [interleaved])
         plain, augmented, ours = (statistics.median(t) for t in interleaved.times(warmup))
         results[name] = {
             "plain img/s": batch_size / plain,
@@ -176,7 +161,6 @@ def method_throughput(
             "ours img/s": batch_size / ours,
             "ours/plain": plain / ours,
             "ours/plain+aug": augmented / ours,
-            "overhead": 1 - plain / ours,
             "augmentation share": (augmented - plain) / ours,
         }
         print(
