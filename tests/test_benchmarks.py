@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,3 +60,19 @@ def test_best_stage_compares_single_stages_with_the_last() -> None:
     assert best_stage({**row, "all_linear_top1": 0.6}) == ("stage2", 0.55)  # not the concatenation
     assert best_stage({**row, "linear_top1": 0.7}) == ("last", 0.7)
     assert best_stage({"linear_top1": 0.5}) is None
+
+
+def test_probe_quality_without_methods_only_reads_and_plots_the_results(tmp_path: Path) -> None:
+    from benchmarks import probe_quality
+
+    rows = [
+        {"method": "random init", "linear_top1": 0.49, "all_linear_top1": 0.54},
+        {"method": "RotationPrediction", "steps": 300, "linear_top1": 0.56},
+        {"method": "RotationPrediction", "steps": 600, "linear_top1": 0.60},
+    ]
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plot = tmp_path / "curves.png"
+    argv = ["--no-random-init", "--data-dir", str(tmp_path / "absent"), "--out", str(out)]
+    assert probe_quality.main([*argv, "--plot", str(plot)]) == rows  # no data was needed
+    assert plot.read_bytes().startswith(b"\x89PNG")
