@@ -59,8 +59,12 @@ def _trainer(root: Path, **kwargs: Any) -> L.Trainer:
 
 
 def _build(args: argparse.Namespace, name: str, total_steps: int, epoch_steps: int) -> SSLMethod:
-    overrides = {k: v for k, v in args.set.items() if k.startswith(f"{name}.")}
-    kwargs = {k.split(".", 1)[1]: v for k, v in overrides.items()}
+    kwargs = {  # "*.lr" sets every method's lr; "SimCLR.lr" only SimCLR's, and wins
+        key.split(".", 1)[1]: value
+        for prefix in ("*.", f"{name}.")
+        for key, value in args.set.items()
+        if key.startswith(prefix)
+    }
     kwargs.setdefault("warmup_epochs", 0.1 * total_steps / epoch_steps)
     return METHODS[name](backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, **kwargs)
 
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         type=lambda s: dict([s.split("=", 1)]),
         action="append",
         default=[],
-        help="a method argument, e.g. BYOL.lr=0.5 (JSON values)",
+        help="a method argument, e.g. BYOL.lr=0.5, or *.lr=0.5 for every method (JSON values)",
     )
     parser.add_argument(
         "--stages",

@@ -76,3 +76,20 @@ def test_probe_quality_without_methods_only_reads_and_plots_the_results(tmp_path
     argv = ["--no-random-init", "--data-dir", str(tmp_path / "absent"), "--out", str(out)]
     assert probe_quality.main([*argv, "--plot", str(plot)]) == rows  # no data was needed
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_probe_quality_set_applies_star_keys_to_every_method_and_named_keys_win() -> None:
+    from argparse import Namespace
+
+    from benchmarks import probe_quality
+
+    args = Namespace(
+        backbone="convnet",
+        backbone_kwargs={"width": 8, "depth": 2},
+        set={"*.optimizer": "adamw", "*.lr": 0.002, "SimCLR.lr": 0.5},
+    )
+    simclr = probe_quality._build(args, "SimCLR", total_steps=100, epoch_steps=10)
+    vicreg = probe_quality._build(args, "VICReg", total_steps=100, epoch_steps=10)
+    assert (simclr.optimizer_name, simclr.lr) == ("adamw", 0.5)
+    assert (vicreg.optimizer_name, vicreg.lr) == ("adamw", 0.002)
+    assert simclr.warmup_epochs == vicreg.warmup_epochs == 1.0  # 10% of 100 steps, 10 per epoch
