@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "backbone_kwargs": args.backbone_kwargs,
         "batch_size": args.batch_size,
         "budget": f"{args.steps} steps" if args.steps else f"{args.minutes:g} min",
+        **({"set": args.set} if args.set else {}),  # the overrides, so each row can be rerun
     }
     for name in jobs:
         if name == "random init":

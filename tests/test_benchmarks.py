@@ -93,3 +93,14 @@ def test_probe_quality_set_applies_star_keys_to_every_method_and_named_keys_win(
     assert (simclr.optimizer_name, simclr.lr) == ("adamw", 0.5)
     assert (vicreg.optimizer_name, vicreg.lr) == ("adamw", 0.002)
     assert simclr.warmup_epochs == vicreg.warmup_epochs == 1.0  # 10% of 100 steps, 10 per epoch
+
+
+def test_probe_quality_rows_record_the_set_overrides(tmp_path: Path) -> None:
+    from benchmarks import probe_quality
+    from benchmarks.__main__ import SAMPLE
+
+    out = tmp_path / "results.jsonl"
+    argv = ["--data-dir", str(SAMPLE), "--method", "SimCLR", "--steps", "1", "--batch-size", "32"]
+    argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--out", str(out)]
+    rows = probe_quality.main([*argv, "--set", "SimCLR.lr=0.5", "--set", "*.temperature=0.5"])
+    assert [r["set"] for r in rows] == [{"SimCLR.lr": 0.5, "*.temperature": 0.5}] * 2
