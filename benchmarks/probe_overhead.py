@@ -66,20 +66,24 @@ class StepTimer(L.Callback):
         return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)][warmup:]
 
 
-def fit_on_random_images(
-    model: L.LightningModule, batch_size: int, steps: int, callbacks: list[L.Callback]
-) -> None:
-    """``steps`` training steps of ``model`` on random images on the CPU, with nothing but
-    ``callbacks`` (no logger, checkpoint, progress bar or summary)."""
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """A Trainer that writes and prints nothing of its own (no logger, checkpoint, progress
+    bar or summary), so a benchmark times only the fit; ``kwargs`` set the rest."""
+    return L.Trainer(
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=callbacks,
+        **kwargs,
     )
+
+
+def fit_on_random_images(
+    model: L.LightningModule, batch_size: int, steps: int, callbacks: list[L.Callback]
+) -> None:
+    """``steps`` training steps of ``model`` on random images on the CPU, with nothing but
+    ``callbacks``."""
+    trainer = quiet_trainer(accelerator="cpu", max_steps=steps, callbacks=callbacks)
     trainer.fit(model, RandomImages(batch_size * steps, batch_size))
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from benchmarks.probe_overhead import quiet_trainer
 from ssl_lightning import create_backbone, methods
 from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.evaluation.command import evaluate_stages
@@ -45,16 +46,8 @@ METHODS = methods.method_classes()
 
 
 def _trainer(root: Path, **kwargs: Any) -> L.Trainer:
-    return L.Trainer(
-        accelerator="auto",
-        devices=1,
-        default_root_dir=root,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **kwargs,
+    return quiet_trainer(
+        accelerator="auto", devices=1, default_root_dir=root, limit_val_batches=0, **kwargs
     )
 
 
