@@ -126,7 +126,9 @@ def test_export_writes_the_named_export_module(tmp_path: Path) -> None:
 def test_a_configured_corruption_that_disagrees_with_the_method_is_an_error(
     tmp_path: Path,
 ) -> None:
-    model = MaskedReconstruction(backbone="convnet", backbone_kwargs={"width": 4}, mask_ratio=0.5)
+    model = MaskedReconstruction(
+        backbone="convnet", backbone_kwargs={"width": 4}, patch_size=4, mask_ratio=0.5
+    )
     dm = _datamodule(tmp_path, corruption=PatchMask(patch_size=4, mask_ratio=0.75))
     with pytest.raises(ValueError, match=r"mask_ratio=0.75.*model\.mask_ratio=0\.5"):
         tiny_trainer(tmp_path, max_steps=1).fit(model, dm)
@@ -135,11 +137,14 @@ def test_a_configured_corruption_that_disagrees_with_the_method_is_an_error(
         rotation.check_corruption(Rotations(mode="random"))
     with pytest.raises(ValueError, match=r"data\.corruption.*model\.mask_ratio"):
         fit = sample_fit_args(tmp_path, "MaskedReconstruction", "--model.backbone=convnet")
-        main([*fit, "--data.corruption=PatchMask", "--data.corruption.mask_ratio=0.75"])
+        corruption = ["--data.corruption=PatchMask", "--data.corruption.patch_size=16"]
+        main([*fit, *corruption, "--data.corruption.mask_ratio=0.75"])
 
 
 def test_the_corruption_used_is_saved_with_the_run(tmp_path: Path) -> None:
-    model = MaskedReconstruction(backbone="convnet", backbone_kwargs={"width": 4}, mask_ratio=0.5)
+    model = MaskedReconstruction(
+        backbone="convnet", backbone_kwargs={"width": 4}, patch_size=4, mask_ratio=0.5
+    )
     agreeing = PatchMask(patch_size=4, mask_ratio=0.5, fill="noise")  # fill is not the method's
     trainer = tiny_trainer(
         tmp_path, max_steps=1, logger=CSVLogger(tmp_path), enable_checkpointing=True

@@ -81,6 +81,7 @@ def test_a_mismatched_corruption_prints_the_librarys_message(
     args = _fit(
         tmp_path,
         "--data.corruption=PatchMask",
+        "--data.corruption.patch_size=16",
         "--data.corruption.mask_ratio=0.9",
         model="MaskedReconstruction",
     )

@@ -9,6 +9,7 @@ from ssl_lightning import MaskedReconstruction
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
 from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.datamodules.corruptions.recipes import crop_flip_view
 from ssl_lightning.heads import ConvDecoder
 from ssl_lightning.losses import reconstruction_loss
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
@@ -108,7 +109,8 @@ def test_features_come_from_a_no_grad_pass_over_the_clean_images() -> None:
     torch.testing.assert_close(rows["reconstruction"][visible], batch.clean[visible])
     corruption = model.default_corruption()
     assert isinstance(corruption, PatchMask)
-    assert (corruption.patch_size, corruption.mask_ratio) == (4, 0.5)
+    assert (corruption.patch_size, corruption.mask_ratio) == (16, 0.25)
+    assert corruption.view == crop_flip_view()  # crop and flip before masking
 
 
 def test_bad_backbones_batches_and_arguments_name_the_fix() -> None:
@@ -123,7 +125,9 @@ def test_bad_backbones_batches_and_arguments_name_the_fix() -> None:
     with pytest.raises(ValueError, match="model.patch_size"):
         MaskedReconstruction(**TINY, patch_size=5)
     with pytest.raises(ValueError, match=r"36x36 images to a 5x5 map.*model\.image_size"):
-        MaskedReconstruction(backbone="resnet18", backbone_kwargs={"width": 8}, image_size=36)
+        MaskedReconstruction(
+            backbone="resnet18", backbone_kwargs={"width": 8}, image_size=36, patch_size=4
+        )
     model = MaskedReconstruction(**TINY)
     with pytest.raises(ValueError, match=r"16x16 images for 18x18.*model\.image_size=18"):
         model.pretext_step(_masked_batch(torch.rand(2, 3, 18, 18), patch_size=2))
@@ -134,7 +138,9 @@ def test_bad_backbones_batches_and_arguments_name_the_fix() -> None:
 
 def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = MaskedReconstruction(**TINY, lr=1e-2, warmup_epochs=0, weight_decay=0.0)
+    # Small holes (the batch below) are learned within 10 steps; a quadrant takes longer.
+    small_holes = {"patch_size": 4, "mask_ratio": 0.5}
+    model = MaskedReconstruction(**TINY, **small_holes, lr=1e-2, warmup_epochs=0, weight_decay=0.0)
     dm = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path)
     dm.setup("fit")
     assert dm.train_set is not None
