@@ -34,6 +34,10 @@ class RotationPrediction(SSLMethod):
     images under a linear head (README, Results). The pretext accuracy is logged as
     ``train/rotation_acc``.
 
+    The default optimizer is AdamW at lr 5e-3 (weight decay 1e-4), which learns more than the
+    paper's SGD (lr 0.1, momentum 0.9, weight decay 5e-4) in a short run on CIFAR-10 (README,
+    Results); ``configs/rotation_cifar10.yaml`` keeps the paper's SGD for its 100 epochs.
+
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
         backbone_kwargs: arguments for the registered backbone.
@@ -58,9 +62,9 @@ class RotationPrediction(SSLMethod):
         head: Literal["linear", "mlp"] = "mlp",
         head_hidden_dim: int = 512,
         mode: Literal["all", "random"] = "all",
-        optimizer: OptimizerName = "sgd",
-        lr: float = 0.1,
-        weight_decay: float = 5e-4,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 5e-3,
+        weight_decay: float = 1e-4,
         **kwargs: Any,
     ) -> None:
         if head not in ("linear", "mlp"):
