@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from datetime import timedelta
@@ -36,11 +37,14 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmarks.probe_overhead import quiet_trainer
-from ssl_lightning import create_backbone, methods
-from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.evaluation.command import evaluate_stages
-from ssl_lightning.methods import SSLMethod
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/probe_quality.py` imports its sibling
+
+from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
+from ssl_lightning import create_backbone, methods  # noqa: E402
+from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
+from ssl_lightning.evaluation.command import evaluate_stages  # noqa: E402
+from ssl_lightning.methods import SSLMethod  # noqa: E402
 
 METHODS = methods.method_classes()
 

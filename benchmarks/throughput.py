@@ -31,17 +31,22 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.probe_overhead import StepTimer, fit_on_random_images
-from ssl_lightning import methods
-from ssl_lightning.datamodules import Batch
-from ssl_lightning.methods import SimCLR, SSLMethod
-from ssl_lightning.optim import build_optimizer
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/throughput.py` imports its sibling
+
+from benchmarks.probe_overhead import StepTimer, fit_on_random_images  # noqa: E402
+from ssl_lightning import methods  # noqa: E402
+from ssl_lightning.datamodules import Batch  # noqa: E402
+from ssl_lightning.methods import SimCLR, SSLMethod  # noqa: E402
+from ssl_lightning.optim import build_optimizer  # noqa: E402
 
 METHODS = methods.method_classes()
 # MAE encodes visible patches: it needs a ViT; every other method runs on the conv net.

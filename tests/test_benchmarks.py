@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.probe_quality import best_stage
@@ -31,6 +32,21 @@ def test_entry_point_runs_every_benchmark_and_prints_the_table() -> None:
     benchmarks = {line.split(" | ")[0].removeprefix("| ") for line in table[2:]}
     assert {"augmentation", "data loading", "step SimCLR", "step MAE"} <= benchmarks
     assert {"channels_last", "probe overhead", "quality SimCLR"} <= benchmarks
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("[!_]*.py")))
+def test_every_script_starts_as_the_docs_run_it(script: str) -> None:
+    """``python benchmarks/<script>.py``, from the repository root, imports what it needs."""
+    done = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--help"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout
 
 
 def test_plain_step_is_the_lightning_step_without_lightning() -> None:
