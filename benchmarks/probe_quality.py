@@ -166,7 +166,7 @@ def plot_budget_curves(rows: list[dict], path: Path) -> None:
     ``all`` stages dashed), the untrained network's as horizontal lines; saved to ``path``."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for key, style in (("linear_top1", "-"), ("all_linear_top1", "--")):
         for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
             points = sorted(
@@ -195,7 +195,7 @@ def plot_budget_curves(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("pretraining steps (batch 256, log scale)")
     ax.set_ylabel("frozen linear top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, not over, the data
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
