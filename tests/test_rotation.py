@@ -104,6 +104,8 @@ def test_heads_and_default_corruption() -> None:
     assert corruption.view.crop_scale == (0.35, 1.0) and corruption.view.flip_p == 0.5
     assert corruption.view.jitter_p == 0.0 and corruption.view.grayscale_p == 0.0
     assert RotationPrediction(**TINY, mode="random").default_corruption().mode == "random"
+    # The measured short-run optimizer (README, Results), not the paper's SGD.
+    assert (model.optimizer_name, model.lr, model.weight_decay) == ("adamw", 5e-3, 1e-4)
 
 
 def test_bad_arguments_and_batches_name_the_fix() -> None:
