@@ -30,7 +30,7 @@ from torch import Tensor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ssl_lightning.datamodules.corruptions import (  # noqa: E402
+from ssl_lightning.corruptions import (  # noqa: E402
     BYOLViews,
     Corruption,
     SimCLRViews,

@@ -1,10 +1,13 @@
-"""The layering rules of docs/architecture.md, checked on the source: building blocks and
-backbones import no Lightning, datamodules know no method or callback, methods know no
-callback; and files stay small enough to hold one concern."""
+"""The layering rules of docs/architecture.md, checked on the source: building blocks,
+backbones and corruptions import no Lightning, corruptions know no datamodule, datamodules
+know no method or callback, methods know no datamodule or callback; and files stay small
+enough to hold one concern."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,9 @@ BLOCKS = [
     "momentum.py",
     "distributed.py",
     "files.py",
+    "splits.py",
 ]
+UPPER = ("ssl_lightning.methods", "ssl_lightning.datamodules", "ssl_lightning.callbacks")
 
 
 def _sources(*parts: str) -> list[Path]:
@@ -53,18 +58,18 @@ def _offending(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[
     ("parts", "forbidden"),
     [
         (
-            [*BLOCKS, "backbones", "datamodules/corruptions", "datamodules/batch.py"],
+            [*BLOCKS, "backbones", "corruptions"],
             ("lightning", "pytorch_lightning", "torchmetrics"),
         ),
-        (
-            [*BLOCKS, "backbones"],
-            ("ssl_lightning.methods", "ssl_lightning.datamodules", "ssl_lightning.callbacks"),
-        ),
+        ([*BLOCKS, "backbones", "corruptions"], (*UPPER, "ssl_lightning.evaluation")),
         (
             ["datamodules"],
             ("ssl_lightning.methods", "ssl_lightning.callbacks", "ssl_lightning.evaluation"),
         ),
-        (["methods"], ("ssl_lightning.callbacks", "ssl_lightning.evaluation")),
+        (
+            ["methods"],
+            ("ssl_lightning.datamodules", "ssl_lightning.callbacks", "ssl_lightning.evaluation"),
+        ),
     ],
     ids=["blocks-no-lightning", "blocks-no-upper-layers", "datamodules", "methods"],
 )
@@ -76,3 +81,14 @@ def test_one_concern_per_file() -> None:
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _sources(".")}
     assert {name: n for name, n in sizes.items() if n > 300} == {}
     assert sizes["methods/base.py"] < 200
+
+
+def test_importing_the_methods_loads_no_datamodule() -> None:
+    """Methods and datamodules stand side by side on the corruptions: importing the methods
+    (and the package root) decodes, caches and downloads nothing."""
+    code = (
+        "import sys, ssl_lightning.methods; "
+        "print(sorted(m for m in sys.modules if m.startswith('ssl_lightning.datamodules')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

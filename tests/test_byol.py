@@ -15,8 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ssl_lightning import create_backbone
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch, BYOLViews, ImageFolderDataModule
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.export import export_backbone
 from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.byol import BYOL

@@ -65,6 +65,30 @@ def test_mismatched_corruption_from_the_command_line(tmp_path: Path) -> None:
         main(_fit_args(tmp_path, "SimCLR", "--data.corruption=CleanView"))
 
 
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "SimCLRViews",
+        "ssl_lightning.corruptions.SimCLRViews",
+        "ssl_lightning.datamodules.SimCLRViews",
+    ],
+)
+def test_corruptions_resolve_by_short_name_and_both_import_paths(corruption: str, capsys) -> None:
+    # ssl_lightning.datamodules re-exports the corruptions, so older configs keep working.
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--model=SimCLR",
+                "--data=CIFAR10DataModule",
+                f"--data.corruption={corruption}",
+                "--print_config",
+            ]
+        )
+    printed = capsys.readouterr().out
+    assert "SimCLRViews\n      init_args:\n        num_views: 2\n" in printed
+
+
 def test_a_users_method_imports_from_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "mymethods.py").write_text(
         "from ssl_lightning import SimCLR\n\n\nclass MySimCLR(SimCLR):\n    pass\n"

@@ -11,7 +11,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ssl_lightning.datamodules.corruptions import (
+from ssl_lightning.corruptions import (
     BYOLViews,
     MultiCropViews,
     PatchMask,

@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from ssl_lightning.datamodules.corruptions import (
+from ssl_lightning.corruptions import (
     BYOLViews,
     MultiCropViews,
     SimCLRViews,

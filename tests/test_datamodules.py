@@ -25,8 +25,8 @@ from ssl_lightning.datamodules import (
     SimCLRViews,
 )
 from ssl_lightning.datamodules.base import InMemoryDataModule
-from ssl_lightning.datamodules.dataset import stratified_holdout
 from ssl_lightning.datamodules.resume import EpochShuffleSampler, ResumableDataLoader
+from ssl_lightning.splits import stratified_holdout
 
 
 class TensorDataModule(InMemoryDataModule):

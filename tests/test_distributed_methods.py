@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ssl_lightning import SimCLR
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch, Corruption, ImageFolderDataModule
 from ssl_lightning.datamodules.base import InMemoryDataModule
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.methods import SSLMethod
 from tests.distributed_utils import run_distributed
 from tests.helpers import SAMPLE, tiny_trainer

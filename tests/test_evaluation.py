@@ -16,13 +16,13 @@ from torch import Tensor
 from ssl_lightning import LinearEvaluation, SimCLR
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.cli import main
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import (
     CleanView,
     ImageFolderDataModule,
     InMemoryDataModule,
     SimCLRViews,
 )
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.export import export_backbone
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 

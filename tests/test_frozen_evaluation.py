@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_lightning import create_backbone
-from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.evaluation import (
     extract_features,
     fit_linear_classifier,

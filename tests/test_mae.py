@@ -9,8 +9,8 @@ import torch
 from ssl_lightning import MAE, create_backbone
 from ssl_lightning.backbones.vit import VisionTransformer
 from ssl_lightning.cli import main
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch, ImageFolderDataModule, PatchMask, SimCLRViews
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.layers import patchify, sincos_pos_embed_2d, unpatchify, visible_index
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from ssl_lightning.corruptions import ViewTransform
+from ssl_lightning.corruptions.masking import sample_patch_mask
 from ssl_lightning.datamodules import Batch, PatchMask
-from ssl_lightning.datamodules.corruptions import ViewTransform
-from ssl_lightning.datamodules.corruptions.masking import sample_patch_mask
 from ssl_lightning.layers import mask_to_pixels
 
 

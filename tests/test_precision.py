@@ -9,8 +9,8 @@ import inspect
 import pytest
 import torch
 
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.methods import SSLMethod
 from tests.test_method_contract import (  # noqa: F401  (sample_images: a fixture)
     METHODS,

@@ -11,13 +11,13 @@ import yaml
 
 from ssl_lightning import SimCLR
 from ssl_lightning.cli import main
-from ssl_lightning.datamodules.corruptions import (
+from ssl_lightning.corruptions import (
     BYOLViews,
     MultiCropViews,
     SimCLRViews,
     ViewTransform,
 )
-from ssl_lightning.datamodules.corruptions.recipes import simclr_view, small_image_byol_views
+from ssl_lightning.corruptions.recipes import simclr_view, small_image_byol_views
 from ssl_lightning.methods import SimSiam
 
 

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from ssl_lightning import RotationPrediction
 from ssl_lightning.cli import main
+from ssl_lightning.corruptions import ViewTransform, normalize
+from ssl_lightning.corruptions.rotation import rotate
 from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
-from ssl_lightning.datamodules.corruptions import ViewTransform, normalize
-from ssl_lightning.datamodules.corruptions.rotation import rotate
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8}}

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch, ImageFolderDataModule, SimCLRViews
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.simsiam import SimSiam
 from tests.distributed_utils import run_distributed

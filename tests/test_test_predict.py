@@ -14,8 +14,8 @@ import torch
 
 from ssl_lightning.callbacks import FeatureWriter, KNNMonitor, OnlineLinearProbe
 from ssl_lightning.cli import main
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.datamodules.corruptions import normalize
 from ssl_lightning.methods import SSLMethod
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 from tests.test_linear_probe import SyntheticDataModule

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from ssl_lightning.callbacks import KNNMonitor, OnlineLinearProbe
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.datamodules.corruptions import normalize
-from ssl_lightning.datamodules.dataset import class_interleaved
+from ssl_lightning.splits import class_interleaved
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_knn import brute_force_knn
 from tests.test_linear_probe import CountingMethod, SyntheticDataModule

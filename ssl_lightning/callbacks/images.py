@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.corruptions.batch import Batch
 
 __all__ = ["PreviewImages", "preview_rows"]
 

@@ -20,7 +20,7 @@ from ssl_lightning.callbacks.common import (
     stage_step_features,
     warn_if_no_validation,
 )
-from ssl_lightning.datamodules.corruptions import normalize
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.evaluation.knn import knn_predict
 
 __all__ = ["KNNMonitor", "gather_variable"]

@@ -1,9 +1,11 @@
-"""Datamodules that keep images in memory as uint8 and corrupt whole batches on the device."""
+"""Datamodules that keep images in memory as uint8 and corrupt whole batches on the device.
 
-from ssl_lightning.datamodules.base import InMemoryDataModule
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
-from ssl_lightning.datamodules.corruptions import (
+The corruptions they apply live in :mod:`ssl_lightning.corruptions`; their names are
+re-exported here, so ``ssl_lightning.datamodules.SimCLRViews`` (older configs) still resolves.
+"""
+
+from ssl_lightning.corruptions import (
+    Batch,
     BYOLViews,
     CleanView,
     Corruption,
@@ -13,6 +15,8 @@ from ssl_lightning.datamodules.corruptions import (
     SimCLRViews,
     ViewTransform,
 )
+from ssl_lightning.datamodules.base import InMemoryDataModule
+from ssl_lightning.datamodules.cifar import CIFAR10DataModule, CIFAR100DataModule
 from ssl_lightning.datamodules.dataset import InMemoryDataset
 from ssl_lightning.datamodules.folder import ImageFolderDataModule
 

@@ -14,20 +14,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import CleanView, Corruption, normalize
-from ssl_lightning.datamodules.dataset import (
-    InMemoryDataset,
-    class_interleaved,
-    keep_batch,
-    stratified_holdout,
-)
-from ssl_lightning.datamodules.resume import (
-    EpochPosition,
-    EpochShuffleSampler,
-    ResumableDataLoader,
-    mix_seed,
-)
+from ssl_lightning.corruptions import Batch, CleanView, Corruption, normalize
+from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch
+from ssl_lightning.datamodules.resume import EpochPosition, EpochShuffleSampler, ResumableDataLoader
+from ssl_lightning.splits import class_interleaved, mix_seed, stratified_holdout
 
 Split = Literal["train", "val"]
 PredictSplit = Literal["train", "val", "test"]

@@ -11,8 +11,8 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from ssl_lightning.corruptions import Corruption
 from ssl_lightning.datamodules.base import InMemoryDataModule, PredictSplit, Split
-from ssl_lightning.datamodules.corruptions import Corruption
 
 
 class CIFAR10DataModule(InMemoryDataModule):

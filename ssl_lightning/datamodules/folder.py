@@ -18,8 +18,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
+from ssl_lightning.corruptions import Corruption
 from ssl_lightning.datamodules.base import InMemoryDataModule, PredictSplit, Split
-from ssl_lightning.datamodules.corruptions import Corruption
 from ssl_lightning.datamodules.decode import (
     DECODE_ERRORS,
     IMAGE_EXTENSIONS,

@@ -2,8 +2,8 @@
 
 The shuffle order of an epoch depends on ``(seed, epoch)`` alone, and the training loader
 skips the batches a checkpointed run already trained on, so a resumed run sees the same
-batches as an uninterrupted one. :func:`mix_seed` hashes integers into the seeds of the
-shuffle, the hold-out split and the per-batch corruption generators.
+batches as an uninterrupted one. :func:`~ssl_lightning.splits.mix_seed` hashes integers into
+the seeds of the shuffle and the per-batch corruption generators.
 """
 
 from __future__ import annotations
@@ -14,16 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-
-def mix_seed(*values: int) -> int:
-    """Hashes integers into one 63-bit seed (splitmix64 steps): nearby inputs, unrelated seeds."""
-    mask = (1 << 64) - 1
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = ((h ^ (v & mask)) * 0xBF58476D1CE4E5B9) & mask
-        h = ((h ^ (h >> 31)) * 0x94D049BB133111EB) & mask
-        h ^= h >> 29
-    return h >> 1
+from ssl_lightning.splits import mix_seed
 
 
 class EpochShuffleSampler(RandomSampler):

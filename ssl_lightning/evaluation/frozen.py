@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssl_lightning.backbones.stages import Stages, stage_features
-from ssl_lightning.datamodules.corruptions import normalize
-from ssl_lightning.datamodules.dataset import stratified_holdout
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.evaluation.knn import knn_predict
+from ssl_lightning.splits import stratified_holdout
 
 __all__ = [
     "FrozenResult",

@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.backbones.weights import read_weights
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews, ViewTransform
+from ssl_lightning.corruptions import Corruption, SimCLRViews, ViewTransform
+from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.export import BackboneCheckpoint
 from ssl_lightning.optim import (
     build_optimizer,

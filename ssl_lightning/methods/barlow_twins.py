@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption
-from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
+from ssl_lightning.corruptions import Corruption
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import barlow_twins_loss
 from ssl_lightning.methods.base import SSLMethod
@@ -45,7 +45,7 @@ class BarlowTwins(SSLMethod):
     also clips the adapted rate at ``lr`` (``clip_lr``); ours does not.
 
     The default views are BYOL's pair without blur, for 32-pixel images
-    (:func:`~ssl_lightning.datamodules.corruptions.recipes.small_image_byol_views`, solo-learn's
+    (:func:`~ssl_lightning.corruptions.recipes.small_image_byol_views`, solo-learn's
     CIFAR views); ``data.corruption=BYOLViews`` gives BYOL's views for large images.
 
     Args:

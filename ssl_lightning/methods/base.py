@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone, resolve_channels_last
 from ssl_lightning.backbones.registry import num_features_of
-from ssl_lightning.datamodules import Batch, CleanView, Corruption
+from ssl_lightning.corruptions import Batch, CleanView, Corruption
 from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least, require_positive
 from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy, check_policy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ssl_lightning import distributed
-from ssl_lightning.datamodules import Batch
+from ssl_lightning.corruptions import Batch
 
 __all__ = [
     "check_batch_size",

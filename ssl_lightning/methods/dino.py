@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption, MultiCropViews, ViewTransform
+from ssl_lightning.corruptions import Corruption, MultiCropViews, ViewTransform
+from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import DINOHead
 from ssl_lightning.losses.distillation import dino_loss, teacher_temperature, update_center_
 from ssl_lightning.methods.base import SSLMethod

@@ -7,8 +7,8 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.datamodules import Batch, Corruption, PatchMask
-from ssl_lightning.datamodules.corruptions.masking import check_mask_ratio, require_mask
+from ssl_lightning.corruptions import Batch, Corruption, PatchMask
+from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
 from ssl_lightning.heads import MAEDecoder
 from ssl_lightning.layers import mask_to_pixels, patchify, unpatchify, visible_index
 from ssl_lightning.losses import reconstruction_loss
@@ -41,7 +41,7 @@ class MAE(SSLMethod):
 
     The encoder is a ViT from the registry (``vit_tiny``, ``vit_small``) that encodes only the
     visible patches (``forward_tokens(images, keep_index)``); the mask comes from
-    :class:`~ssl_lightning.datamodules.PatchMask` with the ViT's patch size. A
+    :class:`~ssl_lightning.corruptions.PatchMask` with the ViT's patch size. A
     :class:`~ssl_lightning.heads.MAEDecoder` fills the hidden positions with a mask token and
     predicts every patch. The features handed to callbacks come from an extra no-grad pass of
     the encoder over all patches of the clean images, as evaluation sees them.

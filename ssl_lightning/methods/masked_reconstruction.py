@@ -8,9 +8,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.datamodules import Batch, Corruption, PatchMask
-from ssl_lightning.datamodules.corruptions.masking import check_mask_ratio, require_mask
-from ssl_lightning.datamodules.corruptions.recipes import crop_flip_view
+from ssl_lightning.corruptions import Batch, Corruption, PatchMask
+from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
+from ssl_lightning.corruptions.recipes import crop_flip_view
 from ssl_lightning.heads import ConvDecoder
 from ssl_lightning.layers import mask_to_pixels
 from ssl_lightning.losses import LossKind, reconstruction_loss
@@ -50,7 +50,7 @@ class MaskedReconstruction(SSLMethod):
         decoder_channels: channels of the decoder's upsampling stages.
         loss: ``"mse"`` or ``"l1"``.
         masked_only: average the loss over the hidden pixels only; ``False`` uses all pixels.
-        patch_size: patch side of the :class:`~ssl_lightning.datamodules.PatchMask`.
+        patch_size: patch side of the :class:`~ssl_lightning.corruptions.PatchMask`.
         mask_ratio: hidden fraction of the patches. The method owns both: a configured
             ``data.corruption`` must agree with them (its ``fill`` and ``view`` are free).
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.

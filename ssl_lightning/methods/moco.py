@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption
-from ssl_lightning.datamodules.corruptions.recipes import small_image_byol_views
+from ssl_lightning.corruptions import Corruption
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.contrastive import info_nce
 from ssl_lightning.methods.base import SSLMethod
@@ -52,7 +52,7 @@ class MoCoV3(SSLMethod):
     1.5e-6, momentum 0.99 (ViT: AdamW), with BYOL's views.
 
     The default views are BYOL's pair without blur, for 32-pixel images
-    (:func:`~ssl_lightning.datamodules.corruptions.recipes.small_image_byol_views`, solo-learn's
+    (:func:`~ssl_lightning.corruptions.recipes.small_image_byol_views`, solo-learn's
     CIFAR views); ``data.corruption=BYOLViews`` gives BYOL's views for large images.
 
     Args:

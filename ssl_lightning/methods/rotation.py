@@ -7,10 +7,10 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption
-from ssl_lightning.datamodules.corruptions.recipes import crop_flip_view
-from ssl_lightning.datamodules.corruptions.rotation import NUM_ROTATIONS, Rotations
+from ssl_lightning.corruptions import Corruption
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.recipes import crop_flip_view
+from ssl_lightning.corruptions.rotation import NUM_ROTATIONS, Rotations
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
@@ -26,7 +26,7 @@ class RotationPrediction(SSLMethod):
     Loss: cross-entropy of ``head(backbone(rotated image))`` against the rotation index
     ``k`` (rotation by ``k * 90`` degrees, ``k = 0..3``).
 
-    The datamodule's :class:`~ssl_lightning.datamodules.Rotations` makes the rotated copies,
+    The datamodule's :class:`~ssl_lightning.corruptions.Rotations` makes the rotated copies,
     by default of a random crop (35-100% of the area) and flip of each image
     (``crop_flip_view()``, as RotNet augments CIFAR); all views go through the backbone in
     one pass. The default two-layer head lets the head, not the backbone's last stage,
@@ -44,7 +44,7 @@ class RotationPrediction(SSLMethod):
         head: ``"linear"`` (one Linear layer on the pooled features) or ``"mlp"``
             (Linear-BatchNorm-ReLU-Linear).
         head_hidden_dim: hidden width of the ``"mlp"`` head.
-        mode: rotations of the :class:`~ssl_lightning.datamodules.Rotations`: ``"all"`` four
+        mode: rotations of the :class:`~ssl_lightning.corruptions.Rotations`: ``"all"`` four
             copies of every image (the paper's choice) or ``"random"`` one per image. The
             method owns it: a configured ``data.corruption`` must agree.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.

@@ -7,8 +7,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import Corruption, SimCLRViews
+from ssl_lightning.corruptions import Corruption, SimCLRViews
+from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod

@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions import BYOLViews, Corruption, ViewTransform
+from ssl_lightning.corruptions import BYOLViews, Corruption, ViewTransform
+from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import vicreg_loss
 from ssl_lightning.methods.base import SSLMethod

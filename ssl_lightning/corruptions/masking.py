@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions.base import Corruption
-from ssl_lightning.datamodules.corruptions.view import ViewTransform
+from ssl_lightning.corruptions.base import Corruption
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.view import ViewTransform
 from ssl_lightning.layers import mask_to_pixels
 
 __all__ = ["PatchMask", "check_mask_ratio", "require_mask", "sample_patch_mask"]

@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions.base import Corruption
-from ssl_lightning.datamodules.corruptions.view import ViewTransform
+from ssl_lightning.corruptions.base import Corruption
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.view import ViewTransform
 
 __all__ = ["Rotations", "rotate"]
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.corruptions.base import (
+from ssl_lightning.corruptions.base import (
     check_probability,
     check_range,
     check_strength,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.corruptions.base import apply_at_, mask_indices, per_image
+from ssl_lightning.corruptions.base import apply_at_, mask_indices, per_image
 
 
 def rgb_to_grayscale(images: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """One view's augmentation recipe, :class:`ViewTransform`, the unit every view corruption composes.
 
-:class:`~ssl_lightning.datamodules.corruptions.recipes.SimCLRViews`, ``BYOLViews`` and
+:class:`~ssl_lightning.corruptions.recipes.SimCLRViews`, ``BYOLViews`` and
 ``MultiCropViews`` take :class:`ViewTransform` values: a new op is a new field with an "off"
 default, and every corruption gets it without a new argument.
 """
@@ -12,16 +12,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.corruptions.base import (
+from ssl_lightning.corruptions.base import (
     check_probability,
     check_range,
     check_size,
     check_strength,
 )
-from ssl_lightning.datamodules.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
-from ssl_lightning.datamodules.corruptions.color import _color_jitter_, _grayscale_, _solarize_
-from ssl_lightning.datamodules.corruptions.geometry import resized_crop
-from ssl_lightning.datamodules.corruptions.sampling import (
+from ssl_lightning.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
+from ssl_lightning.corruptions.color import _color_jitter_, _grayscale_, _solarize_
+from ssl_lightning.corruptions.geometry import resized_crop
+from ssl_lightning.corruptions.sampling import (
     sample_bernoulli,
     sample_crop_boxes,
     sample_jitter_factors,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.batch import Batch
+from ssl_lightning.corruptions.batch import Batch
 
 
 class Corruption:

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.batch import Batch
-from ssl_lightning.datamodules.corruptions.base import Corruption, check_size
-from ssl_lightning.datamodules.corruptions.view import ViewTransform
+from ssl_lightning.corruptions.base import Corruption, check_size
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.view import ViewTransform
 
 
 class SimCLRViews(Corruption):

@@ -16,7 +16,7 @@ Layers, bottom up:
 - :class:`ViewTransform` in :mod:`.view` is one view's recipe, built from the ops and samplers;
 - the corruptions in :mod:`.recipes`, :class:`SimCLRViews`, :class:`BYOLViews` and
   :class:`MultiCropViews`, take ``ViewTransform`` values and turn them into the
-  :class:`~ssl_lightning.datamodules.batch.Batch` a method trains on;
+  :class:`~ssl_lightning.corruptions.batch.Batch` a method trains on;
 - the pretext corruptions: :class:`PatchMask` in :mod:`.masking` (random patch masks, the
   clean image as target) and :class:`Rotations` in :mod:`.rotation` (rotated copies, the
   rotation index as target).
@@ -25,9 +25,10 @@ No op loops over images in Python: ops applied to a random subset (flip, jitter,
 blur) index the subset, run once on it, and write it back.
 """
 
-from ssl_lightning.datamodules.corruptions.base import CleanView, Corruption, normalize
-from ssl_lightning.datamodules.corruptions.blur import blur_kernel_sizes, gaussian_blur
-from ssl_lightning.datamodules.corruptions.color import (
+from ssl_lightning.corruptions.base import CleanView, Corruption, normalize
+from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.blur import blur_kernel_sizes, gaussian_blur
+from ssl_lightning.corruptions.color import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -37,24 +38,25 @@ from ssl_lightning.datamodules.corruptions.color import (
     rgb_to_grayscale,
     solarize,
 )
-from ssl_lightning.datamodules.corruptions.geometry import hflip, resized_crop
-from ssl_lightning.datamodules.corruptions.masking import (
+from ssl_lightning.corruptions.geometry import hflip, resized_crop
+from ssl_lightning.corruptions.masking import (
     PatchMask,
     sample_patch_mask,
 )
-from ssl_lightning.datamodules.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews
-from ssl_lightning.datamodules.corruptions.rotation import Rotations, rotate
-from ssl_lightning.datamodules.corruptions.sampling import (
+from ssl_lightning.corruptions.recipes import BYOLViews, MultiCropViews, SimCLRViews
+from ssl_lightning.corruptions.rotation import Rotations, rotate
+from ssl_lightning.corruptions.sampling import (
     sample_bernoulli,
     sample_crop_boxes,
     sample_jitter_factors,
     sample_permutations,
     sample_uniform,
 )
-from ssl_lightning.datamodules.corruptions.view import ViewTransform
+from ssl_lightning.corruptions.view import ViewTransform
 
 __all__ = [
     "BYOLViews",
+    "Batch",
     "CleanView",
     "Corruption",
     "MultiCropViews",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ssl_lightning.datamodules.corruptions.base import apply_at_, mask_indices
+from ssl_lightning.corruptions.base import apply_at_, mask_indices
 
 
 def _resample_matrix(
