@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/probe_quality.py` impor
 from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
 from ssl_lightning import create_backbone, methods  # noqa: E402
 from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
-from ssl_lightning.evaluation.command import evaluate_stages  # noqa: E402
+from ssl_lightning.evaluation import evaluate_stages  # noqa: E402
 from ssl_lightning.methods import SSLMethod  # noqa: E402
 
 METHODS = methods.method_classes()

@@ -9,12 +9,12 @@ Examples:
     >>> export_backbone("version_0/checkpoints/last.ckpt", "simclr.pt")  # doctest: +SKIP
     >>> create_backbone("resnet18", weights="simclr.pt")  # doctest: +SKIP
 
-From the command line: ``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``.
+From the command line: ``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``
+(:mod:`ssl_lightning.cli.export`).
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from ssl_lightning.backbones.weights import (
     write_weights,
 )
 
-__all__ = ["BackboneCheckpoint", "backbone_from_checkpoint", "export_backbone", "main"]
+__all__ = ["BackboneCheckpoint", "backbone_from_checkpoint", "export_backbone"]
 
 
 @dataclass
@@ -164,24 +164,3 @@ def export_backbone(checkpoint: str | Path, out: str | Path, overwrite: bool = F
     source.build()  # fail here, not at load time, if the weights do not fit the backbone
     write_weights(out, source.name, source.kwargs, source.state_dict, overwrite=overwrite)
     return out
-
-
-def main(args: list[str] | None = None) -> None:
-    """``ssl-lightning export CHECKPOINT OUT.pt [--overwrite]``."""
-    parser = argparse.ArgumentParser(
-        prog="ssl-lightning export",
-        description=(
-            "Write the backbone of an SSL checkpoint as a weights file: {name, kwargs, "
-            "state_dict}, readable with torch.load(weights_only=True) and loaded by "
-            "create_backbone(name, weights=OUT) or LinearEvaluation(backbone_weights=OUT)."
-        ),
-    )
-    parser.add_argument("checkpoint", type=Path, help="Lightning .ckpt of an SSL method")
-    parser.add_argument("out", type=Path, help="weights file to write, e.g. backbone.pt")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    ns = parser.parse_args(args)
-    try:
-        out = export_backbone(ns.checkpoint, ns.out, overwrite=ns.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        parser.exit(2, f"ssl-lightning export: error: {err}\n")
-    print(f"wrote {out}")

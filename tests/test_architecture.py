@@ -22,6 +22,7 @@ BLOCKS = [
     "distributed.py",
     "files.py",
     "splits.py",
+    "export.py",
 ]
 UPPER = ("ssl_lightning.methods", "ssl_lightning.datamodules", "ssl_lightning.callbacks")
 
@@ -75,6 +76,16 @@ def _offending(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[
 )
 def test_layering(parts: list[str], forbidden: tuple[str, ...]) -> None:
     assert _offending(_sources(*parts), forbidden) == {}
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    outside = [p for p in _sources(".") if "cli" not in p.relative_to(PACKAGE).parts]
+    assert _offending([p for p in outside if p.name != "__main__.py"], ("ssl_lightning.cli",)) == {}
+
+
+def test_the_package_root_holds_only_building_blocks() -> None:
+    modules = {p.name for p in PACKAGE.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert modules == {b for b in BLOCKS if b.endswith(".py")}
 
 
 def test_one_concern_per_file() -> None:

@@ -14,8 +14,7 @@ from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.stages import Stages, stage_widths
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.evaluation import frozen_evaluation
-from ssl_lightning.evaluation.command import evaluate_stages
+from ssl_lightning.evaluation import evaluate_stages, frozen_evaluation
 from ssl_lightning.export import export_backbone
 from tests.helpers import SAMPLE
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)

@@ -4,9 +4,11 @@
 
 from ssl_lightning.evaluation.frozen import (
     FrozenResult,
+    evaluate_stages,
     extract_features,
     fit_linear_classifier,
     frozen_evaluation,
+    stage_label,
 )
 from ssl_lightning.evaluation.knn import knn_predict
 from ssl_lightning.evaluation.linear import LinearEvaluation
@@ -14,8 +16,10 @@ from ssl_lightning.evaluation.linear import LinearEvaluation
 __all__ = [
     "FrozenResult",
     "LinearEvaluation",
+    "evaluate_stages",
     "extract_features",
     "fit_linear_classifier",
     "frozen_evaluation",
     "knn_predict",
+    "stage_label",
 ]

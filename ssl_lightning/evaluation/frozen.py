@@ -9,6 +9,8 @@ The kNN classifier (k=200, T=0.1, Wu et al. 2018) votes with the L2-normalized f
 
 This is the protocol of the benchmarks and of quick checks; the augmented, epoch-based
 protocol of the papers is :class:`~ssl_lightning.evaluation.LinearEvaluation`.
+:func:`evaluate_stages` runs it on a datamodule's splits for several stage selections (what
+``ssl-lightning evaluate`` prints).
 
 Examples:
     >>> result = frozen_evaluation(backbone, train_images, train_labels, test_images,
@@ -20,23 +22,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssl_lightning.backbones.stages import Stages, stage_features
+from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_features, stage_widths
 from ssl_lightning.corruptions import normalize
 from ssl_lightning.evaluation.knn import knn_predict
 from ssl_lightning.splits import stratified_holdout
 
+if TYPE_CHECKING:  # it reads a datamodule's splits; importing the datamodules is not needed
+    from ssl_lightning.datamodules import InMemoryDataModule
+
 __all__ = [
     "FrozenResult",
     "evaluate_features",
+    "evaluate_stages",
     "extract_features",
     "fit_linear_classifier",
     "frozen_evaluation",
+    "stage_label",
 ]
 
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -208,3 +216,56 @@ def evaluate_features(
         knn_top1=float((knn == test_labels).float().mean()),
         weight_decay=classifier.weight_decay,
     )
+
+
+def stage_label(stages: Stages) -> str:
+    """``"last"``, ``"all"`` or ``"stage<i>"``: how a stage selection is named in results."""
+    return stages if isinstance(stages, str) else f"stage{stages}"
+
+
+def evaluate_stages(
+    backbone: nn.Module,
+    data: InMemoryDataModule,
+    stages: tuple[Stages, ...] = ("last",),
+    progress: bool = False,
+) -> dict[str, FrozenResult]:
+    """Frozen evaluation of ``backbone`` for each stage selection, keyed by
+    :func:`stage_label`: fitted on ``data``'s training split, scored on its validation split
+    (the dataset's test split unless ``val_fraction`` holds one out of the training images).
+
+    The pooled features of every stage are extracted once and sliced for each selection other
+    than ``"last"`` (the backbone's own pooled output, extracted on its own).
+    """
+    data.setup("fit")
+    train, test = data.train_set, data.val_set
+    if train is None or test is None:
+        raise ValueError(
+            f"{type(data).__name__} has no test split to score on (an image folder needs "
+            "data_dir/test/ or data_dir/val/); hold out part of the training images with "
+            "--val-fraction 0.1"
+        )
+
+    def extract(selection: Stages) -> tuple[Tensor, Tensor]:
+        return tuple(  # type: ignore[return-value]
+            extract_features(backbone, split.images, data.mean, data.std, 512, progress, selection)
+            for split in (train, test)
+        )
+
+    every_stage: tuple[Tensor, Tensor] | None = None  # "all", extracted at most once
+    starts: list[int] = []  # first column of each stage in it
+    results = {}
+    for selection in stages:
+        if selection == "last":
+            train_x, test_x = extract("last")
+        else:
+            if every_stage is None:
+                every_stage = extract("all")
+                widths = stage_widths(backbone, train.images[:1].float())
+                starts = [sum(widths[:i]) for i in range(len(widths) + 1)]
+            indices = resolve_stages(selection, len(starts) - 1)
+            columns = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in indices])
+            train_x, test_x = (x[:, columns] for x in every_stage)
+        results[stage_label(selection)] = evaluate_features(
+            train_x, train.labels, test_x, test.labels
+        )
+    return results

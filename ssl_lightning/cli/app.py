@@ -5,11 +5,11 @@
 importable from the working directory).
 ``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file;
 ``ssl-lightning evaluate MODEL... --data-dir DIR`` runs the fast frozen evaluation of checkpoints
-or weights files (:mod:`ssl_lightning.evaluation.command`).
+or weights files (:mod:`ssl_lightning.cli.evaluate`).
 
 Every run writes its checkpoints atomically, saves one at the end of fit and reads them with
-``weights_only=True`` (:mod:`ssl_lightning.run_files`); a configuration error prints the
-library's message and the key to change (:mod:`ssl_lightning.cli_errors`).
+``weights_only=True`` (:mod:`ssl_lightning.cli.run_files`); a configuration error prints the
+library's message and the key to change (:mod:`ssl_lightning.cli.errors`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import ssl_lightning.callbacks
 import ssl_lightning.datamodules
 import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
-from ssl_lightning import export
-from ssl_lightning.cli_errors import CleanErrorParser, show_tracebacks, user_error
-from ssl_lightning.evaluation import command as evaluate_command
-from ssl_lightning.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
+from ssl_lightning.cli import evaluate, export
+from ssl_lightning.cli.errors import CleanErrorParser, show_tracebacks, user_error
+from ssl_lightning.cli.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
 
 EPILOG = (
     "export: `ssl-lightning export CHECKPOINT OUT.pt [--overwrite]` writes the backbone of an "
@@ -87,7 +86,7 @@ def main(args: list[str] | None = None, clean_errors: bool | None = None) -> Non
         export.main(argv[1:])
         return
     if argv and argv[0] == "evaluate":
-        evaluate_command.main(argv[1:])
+        evaluate.main(argv[1:])
         return
     if clean_errors is None:
         clean_errors = args is None
@@ -114,7 +113,3 @@ def main(args: list[str] | None = None, clean_errors: bool | None = None) -> Non
 def _raised_while_running(err: BaseException) -> bool:
     """Whether the error came from the trainer's run rather than from building the classes."""
     return any(f.name == "_run_subcommand" for f in traceback.extract_tb(err.__traceback__))
-
-
-if __name__ == "__main__":
-    main()

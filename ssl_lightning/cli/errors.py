@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 __all__ = ["CleanErrorParser", "show_tracebacks", "suggest_key", "summarize", "user_error"]
 
-PACKAGE = Path(__file__).parent
+PACKAGE = Path(__file__).parent.parent  # ssl_lightning: errors raised by any of its code
 # Errors the library raises on purpose, with a message that says what to set.
 # (A TypeError or KeyError is more often a bug than a setting: those keep their traceback.)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)

@@ -1,7 +1,7 @@
 """``ssl-lightning evaluate``: the fast frozen evaluation of checkpoints and weights files.
 
 Each model (a ``.ckpt`` of any SSL method or ``LinearEvaluation``, or a weights file written by
-``ssl-lightning export``) is evaluated with :func:`~ssl_lightning.evaluation.frozen_evaluation`
+``ssl-lightning export``) is evaluated with :func:`~ssl_lightning.evaluation.evaluate_stages`
 on a dataset's train split (fitted) and test split (scored), for each ``--stages`` selection;
 ``--random-init`` adds the same architecture untrained, read the same way. One table is
 printed; ``--out`` appends one JSON line per row, so earlier results are kept.
@@ -21,79 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone
-from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_widths
+from ssl_lightning.backbones.stages import Stages
 from ssl_lightning.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     ImageFolderDataModule,
     InMemoryDataModule,
 )
-from ssl_lightning.evaluation.frozen import FrozenResult, evaluate_features, extract_features
+from ssl_lightning.evaluation import evaluate_stages
 from ssl_lightning.export import BackboneCheckpoint
 
-__all__ = ["DATAMODULES", "evaluate_stages", "main", "stage_label"]
+__all__ = ["DATAMODULES", "main"]
 
 DATAMODULES: dict[str, type[InMemoryDataModule]] = {
     "ImageFolderDataModule": ImageFolderDataModule,
     "CIFAR10DataModule": CIFAR10DataModule,
     "CIFAR100DataModule": CIFAR100DataModule,
 }
-
-
-def stage_label(stages: Stages) -> str:
-    """``"last"``, ``"all"`` or ``"stage<i>"``: how a stage selection is named in results."""
-    return stages if isinstance(stages, str) else f"stage{stages}"
-
-
-def evaluate_stages(
-    backbone: nn.Module,
-    data: InMemoryDataModule,
-    stages: tuple[Stages, ...] = ("last",),
-    progress: bool = False,
-) -> dict[str, FrozenResult]:
-    """Frozen evaluation of ``backbone`` for each stage selection, keyed by
-    :func:`stage_label`: fitted on ``data``'s training split, scored on its validation split
-    (the dataset's test split unless ``val_fraction`` holds one out of the training images).
-
-    The pooled features of every stage are extracted once and sliced for each selection other
-    than ``"last"`` (the backbone's own pooled output, extracted on its own).
-    """
-    data.setup("fit")
-    train, test = data.train_set, data.val_set
-    if train is None or test is None:
-        raise ValueError(
-            f"{type(data).__name__} has no test split to score on (an image folder needs "
-            "data_dir/test/ or data_dir/val/); hold out part of the training images with "
-            "--val-fraction 0.1"
-        )
-
-    def extract(selection: Stages) -> tuple[Tensor, Tensor]:
-        return tuple(  # type: ignore[return-value]
-            extract_features(backbone, split.images, data.mean, data.std, 512, progress, selection)
-            for split in (train, test)
-        )
-
-    every_stage: tuple[Tensor, Tensor] | None = None  # "all", extracted at most once
-    starts: list[int] = []  # first column of each stage in it
-    results = {}
-    for selection in stages:
-        if selection == "last":
-            train_x, test_x = extract("last")
-        else:
-            if every_stage is None:
-                every_stage = extract("all")
-                widths = stage_widths(backbone, train.images[:1].float())
-                starts = [sum(widths[:i]) for i in range(len(widths) + 1)]
-            indices = resolve_stages(selection, len(starts) - 1)
-            columns = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in indices])
-            train_x, test_x = (x[:, columns] for x in every_stage)
-        results[stage_label(selection)] = evaluate_features(
-            train_x, train.labels, test_x, test.labels
-        )
-    return results
 
 
 def _stages(value: str) -> Stages:
