@@ -91,7 +91,7 @@ def test_the_package_root_holds_only_building_blocks() -> None:
 def test_one_concern_per_file() -> None:
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _sources(".")}
     assert {name: n for name, n in sizes.items() if n > 300} == {}
-    assert sizes["methods/base.py"] < 200
+    assert sizes["methods/base.py"] < 250
 
 
 def test_importing_the_methods_loads_no_datamodule() -> None:

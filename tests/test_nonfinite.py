@@ -12,10 +12,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from ssl_lightning import BYOL, SimCLR
+from ssl_lightning import BYOL, LinearEvaluation, SimCLR, methods
 from ssl_lightning.cli import main
+from ssl_lightning.corruptions import PretextModel
 from ssl_lightning.datamodules import Batch, ImageFolderDataModule
-from ssl_lightning.methods import PretextOutput
+from ssl_lightning.methods import PretextOutput, SSLMethod
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 4}, "proj_hidden_dim": 16}
@@ -71,7 +72,7 @@ def test_a_nan_loss_stops_the_run_naming_the_first_step_and_the_causes(tmp_path:
 
 def test_the_flag_is_read_every_check_every_batches_not_every_step(tmp_path: Path) -> None:
     model = NaNAt(bad_steps=(1,))
-    model.check_every = 4
+    model.nonfinite.check_every = 4
     seen: list[int] = []
 
     class StepsDone(L.Callback):
@@ -119,7 +120,7 @@ def test_skip_leaves_the_parameters_of_a_bad_step_untouched_and_counts_it(
     assert len(before) == 6  # before each of the 5 steps, and at the end
     changed = [not _same(before[i], before[i + 1]) for i in range(5)]
     assert changed == [True, False, True, False, True]
-    assert model.skipped_steps == 2
+    assert model.nonfinite.skipped_steps == 2
     assert model.trainer.callback_metrics["train/skipped_steps"] == 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -148,3 +149,48 @@ def test_skip_also_skips_the_ema_update(tmp_path: Path) -> None:
 def test_an_unknown_policy_names_the_key() -> None:
     with pytest.raises(ValueError, match="model.on_nonfinite"):
         SimCLR(**TINY, on_nonfinite="ignore")  # type: ignore[arg-type]
+
+
+class NaNWithOverrides(NaNAt):
+    """Overrides every Lightning hook the guard uses, none of them calling ``super()``."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_train_epoch_end(self) -> None:
+        pass
+
+    def on_train_end(self) -> None:
+        pass
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        pass
+
+
+def test_hook_overrides_without_super_cannot_switch_the_guard_off(tmp_path: Path) -> None:
+    model = NaNWithOverrides(bad_steps=(1,))
+    model.nonfinite.check_every = 2
+    with pytest.raises(FloatingPointError, match="NaNWithOverrides.*step 1"):
+        tiny_trainer(tmp_path, max_steps=6).fit(model, _data(tmp_path))
+    skipping = NaNWithOverrides(bad_steps=(1,), on_nonfinite="skip")
+    with pytest.warns(UserWarning, match="skipped"):
+        tiny_trainer(tmp_path, max_steps=3).fit(skipping, _data(tmp_path))
+    assert skipping.nonfinite.skipped_steps == 1
+
+
+@pytest.mark.parametrize("name", sorted(methods.method_classes()))
+def test_every_method_attaches_its_guard_and_is_a_pretext_model(name: str) -> None:
+    cls = methods.method_classes()[name]
+    assert cls.configure_callbacks is SSLMethod.configure_callbacks
+    # What isinstance(model, PretextModel) checks on an instance, checked on the class.
+    members = ("export_module", "default_corruption", "check_corruption", "preview")
+    assert all(hasattr(cls, member) for member in members)
+
+
+def test_a_method_and_linear_evaluation_are_pretext_models() -> None:
+    assert isinstance(SimCLR(**TINY), PretextModel)
+    tiny = {"backbone": "convnet", "backbone_kwargs": {"width": 4}}
+    assert isinstance(LinearEvaluation(**tiny), PretextModel)

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from ssl_lightning.backbones.stages import Stages, stage_features
+from ssl_lightning.corruptions import PretextModel
 
 __all__ = [
     "LabelRange",
@@ -46,7 +47,8 @@ def step_features(outputs: Any, hook: str) -> tuple[Tensor, Tensor]:
 def embed_stages(pl_module: L.LightningModule, images: Tensor, stages: Stages) -> Tensor:
     """Pooled ``stages`` ``[B, D']`` of the method's exported backbone (the teacher where it
     exports one) for normalized ``images``, in eval mode, without gradients."""
-    backbone = getattr(pl_module, getattr(pl_module, "export_module", "backbone"))
+    name = pl_module.export_module if isinstance(pl_module, PretextModel) else "backbone"
+    backbone = getattr(pl_module, name)
     was_training = backbone.training
     backbone.eval()  # batch statistics would change BatchNorm's running averages
     try:

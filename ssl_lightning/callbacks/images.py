@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions import Batch, PretextModel
 
 __all__ = ["PreviewImages", "preview_rows"]
 
@@ -21,18 +21,14 @@ __all__ = ["PreviewImages", "preview_rows"]
 def preview_rows(pl_module: L.LightningModule, batch: Batch) -> dict[str, Tensor]:
     """The named image rows to draw for ``batch``, each ``[B_r, 3, H_r, W_r]`` (normalized).
 
-    A method shows what matters to it through a public ``preview(batch)`` method (masked
-    reconstruction: input, masked input, reconstruction; rotation: the rotated inputs). A
-    method without one gets its batch's views drawn, then the clean image if the batch has one
-    (SimCLR: the augmented views).
+    A :class:`~ssl_lightning.corruptions.PretextModel` shows what matters to it through its
+    ``preview(batch)`` (masked reconstruction: input, masked input, reconstruction; rotation:
+    the rotated inputs; by default the batch's views, then its clean image). Another model
+    gets the batch's own rows (:meth:`Batch.image_rows`).
     """
-    preview = getattr(pl_module, "preview", None)
-    if callable(preview):
-        return dict(preview(batch))
-    rows = {f"view {i}": view for i, view in enumerate(batch.views)}
-    if batch.clean is not None:
-        rows["clean"] = batch.clean
-    return rows
+    if isinstance(pl_module, PretextModel):
+        return dict(pl_module.preview(batch))
+    return batch.image_rows()
 
 
 def _label_margin(grid: Image.Image, names: list[str], row_height: int, pad: int) -> Image.Image:

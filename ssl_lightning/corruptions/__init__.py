@@ -19,7 +19,10 @@ Layers, bottom up:
   :class:`~ssl_lightning.corruptions.batch.Batch` a method trains on;
 - the pretext corruptions: :class:`PatchMask` in :mod:`.masking` (random patch masks, the
   clean image as target) and :class:`Rotations` in :mod:`.rotation` (rotated copies, the
-  rotation index as target).
+  rotation index as target);
+- :class:`PretextModel` in :mod:`.interface`: what the datamodules and callbacks read from
+  the model they serve (its default corruption, its check of a configured one, the module
+  it exports, its preview rows).
 
 No op loops over images in Python: ops applied to a random subset (flip, jitter, grayscale,
 blur) index the subset, run once on it, and write it back.
@@ -39,6 +42,7 @@ from ssl_lightning.corruptions.color import (
     solarize,
 )
 from ssl_lightning.corruptions.geometry import hflip, resized_crop
+from ssl_lightning.corruptions.interface import PretextModel
 from ssl_lightning.corruptions.masking import (
     PatchMask,
     sample_patch_mask,
@@ -61,6 +65,7 @@ __all__ = [
     "Corruption",
     "MultiCropViews",
     "PatchMask",
+    "PretextModel",
     "Rotations",
     "SimCLRViews",
     "ViewTransform",

@@ -31,3 +31,11 @@ class Batch:
         """Returns a copy with ``fn`` applied to every image tensor (views and clean)."""
         clean = None if self.clean is None else fn(self.clean)
         return replace(self, views=[fn(v) for v in self.views], clean=clean)
+
+    def image_rows(self) -> dict[str, Tensor]:
+        """The batch's images by name: ``"view 0"``, ``"view 1"``, ..., then ``"clean"`` if
+        the batch has it (what ``PreviewImages`` draws for a method without its own rows)."""
+        rows = {f"view {i}": view for i, view in enumerate(self.views)}
+        if self.clean is not None:
+            rows["clean"] = self.clean
+        return rows

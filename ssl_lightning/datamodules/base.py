@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ssl_lightning.corruptions import Batch, CleanView, Corruption, normalize
+from ssl_lightning.corruptions import Batch, CleanView, Corruption, PretextModel, normalize
 from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch
 from ssl_lightning.datamodules.resume import EpochPosition, EpochShuffleSampler, ResumableDataLoader
 from ssl_lightning.splits import class_interleaved, mix_seed, stratified_holdout
@@ -31,13 +31,13 @@ class InMemoryDataModule(L.LightningDataModule):
     """Base of the datamodules: the whole dataset in host memory as uint8, corrupted on device.
 
     Subclasses implement :meth:`load_split` (and ``prepare_data`` if they download).
-    Training batches get the ``corruption`` (the model's ``default_corruption()`` when
-    ``None``) on the training device in ``on_after_batch_transfer``; validation batches are
-    only normalized. Random parameters come from a generator seeded by ``(seed, global rank,
-    batch number)``, so ranks differ, runs repeat, and a resumed run continues the same stream.
-    The shuffle order depends on ``(seed, epoch)`` only, and the training loader resumes
-    mid-epoch, so a run resumed from any checkpoint sees the same batches and views as an
-    uninterrupted one.
+    Training batches get the ``corruption`` (when ``None``, the ``default_corruption()`` of a
+    model that is a :class:`~ssl_lightning.corruptions.PretextModel`) on the training device
+    in ``on_after_batch_transfer``; validation batches are only normalized. Random
+    parameters come from a generator seeded by ``(seed, global rank, batch number)``, so
+    ranks differ, runs repeat, and a resumed run continues the same stream. The shuffle
+    order depends on ``(seed, epoch)`` only, and the training loader resumes mid-epoch, so a
+    run resumed from any checkpoint sees the same batches and views as an uninterrupted one.
 
     Validation uses the dataset's own test split where it has one. ``val_fraction > 0`` holds
     out that share of the training images instead (stratified by class, chosen by
@@ -224,14 +224,13 @@ class InMemoryDataModule(L.LightningDataModule):
         hyper-parameter and saved in checkpoints (``state_dict()["corruption"]``)."""
         if self._resolved_corruption is None:
             model = self.trainer.lightning_module if self.trainer is not None else None
+            owner = model if isinstance(model, PretextModel) else None
             if self.corruption is not None:
-                check = getattr(model, "check_corruption", None)
-                if callable(check):
-                    check(self.corruption)
+                if owner is not None:
+                    owner.check_corruption(self.corruption)
                 corruption = self.corruption
             else:
-                default = getattr(model, "default_corruption", None)
-                corruption = default() if callable(default) else CleanView()
+                corruption = owner.default_corruption() if owner is not None else CleanView()
             self._resolved_corruption = corruption
             rank_zero_info(f"{type(self).__name__}: training corruption {corruption!r}")
             for logger in self.trainer.loggers if self.trainer is not None else []:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -68,6 +68,8 @@ class LinearEvaluation(L.LightningModule):
         >>> model = LinearEvaluation(backbone_checkpoint="simclr.ckpt")  # doctest: +SKIP
         >>> baseline = LinearEvaluation(backbone="resnet18", backbone_kwargs={"width": 16})
     """
+
+    export_module: ClassVar[str] = "backbone"  # what ssl-lightning export writes
 
     def __init__(
         self,
@@ -144,6 +146,13 @@ class LinearEvaluation(L.LightningModule):
     def default_corruption(self) -> Corruption:
         """Light augmentation for the classifier: random resized crop and flip, no color ops."""
         return SimCLRViews(num_views=1, view=ViewTransform(jitter_p=0.0, grayscale_p=0.0))
+
+    def check_corruption(self, corruption: Corruption) -> None:
+        """Accepts any configured corruption: the classifier trains on its first view."""
+
+    def preview(self, batch: Batch) -> dict[str, Tensor]:
+        """The batch's views: what the classifier trains on."""
+        return batch.image_rows()
 
     def setup(self, stage: str) -> None:
         if self.head is None:

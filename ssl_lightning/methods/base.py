@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -11,7 +12,7 @@ from ssl_lightning.backbones import create_backbone, resolve_channels_last
 from ssl_lightning.backbones.registry import num_features_of
 from ssl_lightning.corruptions import Batch, CleanView, Corruption
 from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least, require_positive
-from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy, check_policy
+from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.optim import (
     OPTIMIZERS,
@@ -25,12 +26,13 @@ from ssl_lightning.optim import (
 )
 
 
-class SSLMethod(NonFiniteGuard):
+class SSLMethod(L.LightningModule):
     """Base of all pretext methods: the backbone, the optimizer recipe and the step template.
 
     A subclass builds its heads in ``__init__``, names its corruption in
-    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`. Hooks for
-    methods with more moving parts (BYOL, MoCo, DINO):
+    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`. Every hook a
+    method may override is declared here; for methods with more moving parts (BYOL, MoCo,
+    DINO):
 
     - :meth:`after_optimizer_step` runs once after each real optimizer step (not per batch
       under gradient accumulation): the place for EMA teacher updates.
@@ -43,6 +45,11 @@ class SSLMethod(NonFiniteGuard):
     - :attr:`export_module` names the submodule that ``ssl-lightning export`` writes.
     - :attr:`pretext_settings` maps corruption attributes this method owns to their config
       keys: a configured ``data.corruption`` that disagrees is an error naming both.
+    - :meth:`preview` names the image rows ``PreviewImages`` draws.
+
+    The method is a :class:`~ssl_lightning.corruptions.PretextModel` (what datamodules and
+    callbacks read from it). Its non-finite loss policy is :attr:`nonfinite`, a callback it
+    attaches to the trainer itself, so no override of a Lightning hook can switch it off.
 
     Args:
         backbone: a registered backbone name (see ``list_backbones()``) or a module that
@@ -61,6 +68,7 @@ class SSLMethod(NonFiniteGuard):
         compile: compile the backbone with ``torch.compile``.
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
             step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
+            The guard is :attr:`nonfinite` (``check_every``, ``skipped_steps``).
     """
 
     export_module: ClassVar[str] = "backbone"
@@ -92,7 +100,7 @@ class SSLMethod(NonFiniteGuard):
             )
         require_positive(lr=lr)
         require_at_least(0, warmup_epochs=warmup_epochs)
-        self.on_nonfinite = check_policy(on_nonfinite)
+        self.nonfinite = NonFiniteGuard(on_nonfinite)
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
         elif backbone_kwargs:
@@ -135,6 +143,15 @@ class SSLMethod(NonFiniteGuard):
             self._total_steps = schedule_length(trainer)[0]
         return min(1.0, trainer.global_step / max(1, self._total_steps))
 
+    def after_optimizer_step(self) -> None:
+        """Runs once after each optimizer step (an EMA teacher update), not after a step
+        skipped for a non-finite loss; does nothing by default."""
+
+    def preview(self, batch: Batch) -> dict[str, Tensor]:
+        """Named image rows ``[B_r, 3, H_r, W_r]`` to draw for ``batch``: its views (and clean
+        image) by default; masked methods show their reconstruction."""
+        return batch.image_rows()
+
     def configure_param_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups: trainable parameters, no decay on ``ndim <= 1``."""
         return param_groups(self, self.weight_decay)
@@ -165,7 +182,7 @@ class SSLMethod(NonFiniteGuard):
 
     def training_step(self, batch: Batch, batch_idx: int) -> StepOutput:
         out = self.pretext_step(batch)
-        self.watch_loss(out.loss)
+        self.nonfinite.watch(out.loss, self.trainer.global_step if self._trainer else 0)
         batch_size = batch.labels.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
         for name, value in out.metrics.items():
@@ -191,8 +208,15 @@ class SSLMethod(NonFiniteGuard):
         warmup = min(self._total_steps, round(self.warmup_epochs * steps_per_epoch))
         return warmup_cosine_schedule(optimizer, warmup, self._total_steps, self.final_lr_factor)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.nonfinite]
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if not self.nonfinite.skipped_last:
+            self.after_optimizer_step()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
         checkpoint["export_module"] = self.export_module
 
     def _memory_format(self, x: Tensor) -> Tensor:
