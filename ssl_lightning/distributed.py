@@ -61,3 +61,19 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     x = x.detach().clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x / dist.get_world_size()
+
+
+def gather_variable(x: Tensor) -> Tensor:
+    """Concatenates ``x`` ``[n_r, ...]`` from all ranks in rank order, ``n_r`` may differ.
+
+    Built on :func:`gather`: sizes first, then every rank pads to the largest. Without a
+    process group this returns ``x``.
+    """
+    if not is_distributed():
+        return x
+    sizes = gather(torch.tensor([x.shape[0]], device=x.device))  # [W]
+    largest = int(sizes.max())
+    padded = x.new_zeros(largest, *x.shape[1:])
+    padded[: x.shape[0]] = x
+    parts = gather(padded).split(largest)  # W x [largest, ...]
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes.tolist(), strict=True)])

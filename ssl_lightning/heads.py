@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_lightning.layers import Block, init_transformer_weights, sincos_pos_embed_2d
+
+
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    num_layers: int,
+    activation: Callable[[], nn.Module],
+    batch_norm: bool,
+    hidden_bias: bool = True,
+    last_bias: bool = True,
+) -> nn.Sequential:
+    """``num_layers`` Linear layers; each but the last is followed by a BatchNorm (when
+    ``batch_norm``) and ``activation()``. Shapes: ``[B, in_dim] -> [B, out_dim]``."""
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers.append(nn.Linear(dim, hidden_dim, bias=hidden_bias))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(hidden_dim))
+        layers.append(activation())
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=last_bias))
+    return nn.Sequential(*layers)
 
 
 class ProjectionHead(nn.Module):
@@ -44,20 +73,19 @@ class ProjectionHead(nn.Module):
         last_batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.ReLU(inplace=True))
-            dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim, bias=not last_batch_norm))
+        # A BatchNorm right after a Linear makes its bias redundant.
+        self.layers = mlp(
+            in_dim,
+            hidden_dim,
+            out_dim,
+            num_layers,
+            partial(nn.ReLU, inplace=True),
+            batch_norm,
+            hidden_bias=not batch_norm,
+            last_bias=not last_batch_norm,
+        )
         if last_batch_norm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
-        self.layers = nn.Sequential(*layers)
+            self.layers.append(nn.BatchNorm1d(out_dim, affine=False))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -104,18 +132,7 @@ class DINOHead(nn.Module):
         norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(dim, hidden_dim))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden_dim))
-            layers.append(nn.GELU())
-            dim = hidden_dim
-        layers.append(nn.Linear(dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, num_layers, nn.GELU, batch_norm)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):  # the ViT initialization the paper's head uses
                 nn.init.trunc_normal_(m.weight, std=0.02)

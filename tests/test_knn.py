@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_lightning import distributed
 from ssl_lightning.callbacks import KNNMonitor
-from ssl_lightning.callbacks.knn import gather_variable
 from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.evaluation import knn_predict
 from tests.helpers import SAMPLE, tiny_trainer
@@ -100,7 +100,7 @@ def _knn_on_rank(rank: int, world_size: int, bank: Tensor, labels: Tensor, queri
     knn.prepare_bank(world_size, torch.device("cpu"))
     query_labels = torch.arange(queries.shape[0]) % 4
     knn.score(queries[rank::world_size], query_labels[rank::world_size])
-    gathered = gather_variable(torch.arange(rank * 10, rank * 10 + rank + 2))
+    gathered = distributed.gather_variable(torch.arange(rank * 10, rank * 10 + rank + 2))
     return knn.compute(), gathered
 
 

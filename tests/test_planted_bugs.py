@@ -22,12 +22,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from ssl_lightning import SimCLR, optim
+from ssl_lightning import SimCLR
 from ssl_lightning.callbacks import TrainingCurves
 from ssl_lightning.datamodules import ImageFolderDataModule
 from ssl_lightning.datamodules.base import InMemoryDataModule
-from ssl_lightning.evaluation.knn import knn_predict
 from ssl_lightning.export import export_backbone
+from ssl_lightning.knn import knn_predict
+from ssl_lightning.methods import schedule
 from tests.helpers import SAMPLE, tiny_trainer
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
 from tests.test_linear_probe import CountingMethod
@@ -168,7 +169,7 @@ def test_scaled_lr_follows_the_global_batch(world_size: int, accumulate: int) ->
         accumulate_grad_batches=accumulate,
     )
     expected = 0.3 * (64 * world_size * accumulate) / 256
-    assert optim.scaled_lr(0.3, trainer) == pytest.approx(expected)
+    assert schedule.scaled_lr(0.3, trainer) == pytest.approx(expected)
 
 
 class RandomImages(InMemoryDataModule):

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from ssl_lightning import methods
 from ssl_lightning.cli import main
 from ssl_lightning.datamodules import ImageFolderDataModule
-from ssl_lightning.optim import scaled_lr
+from ssl_lightning.methods.schedule import scaled_lr
 from tests.distributed_utils import run_distributed
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 

@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ssl_lightning.cli import main
-from ssl_lightning.optim import scaled_lr
+from ssl_lightning.methods.schedule import scaled_lr
 from tests.helpers import sample_fit_args
 
 REPO = Path(__file__).parents[1]

@@ -13,33 +13,12 @@ from torch import Tensor
 
 from ssl_lightning import distributed
 from ssl_lightning.backbones.stages import Stages
-from ssl_lightning.callbacks.common import (
-    LabelRange,
-    datamodule_num_classes,
-    embed_stages,
-    stage_step_features,
-    warn_if_no_validation,
-)
+from ssl_lightning.callbacks.common import embed_stages, stage_step_features, warn_if_no_validation
 from ssl_lightning.corruptions import normalize
-from ssl_lightning.evaluation.knn import knn_predict
+from ssl_lightning.knn import knn_predict
+from ssl_lightning.labels import LabelRange, datamodule_num_classes
 
-__all__ = ["KNNMonitor", "gather_variable"]
-
-
-def gather_variable(x: Tensor) -> Tensor:
-    """Concatenates ``x`` ``[n_r, ...]`` from all ranks in rank order, ``n_r`` may differ.
-
-    Built on :func:`ssl_lightning.distributed.gather`: sizes first, then every rank pads to
-    the largest. Without a process group this returns ``x``.
-    """
-    if not distributed.is_distributed():
-        return x
-    sizes = distributed.gather(torch.tensor([x.shape[0]], device=x.device))  # [W]
-    largest = int(sizes.max())
-    padded = x.new_zeros(largest, *x.shape[1:])
-    padded[: x.shape[0]] = x
-    parts = distributed.gather(padded).split(largest)  # W x [largest, ...]
-    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes.tolist(), strict=True)])
+__all__ = ["KNNMonitor"]
 
 
 class KNNMonitor(L.Callback):
@@ -109,7 +88,7 @@ class KNNMonitor(L.Callback):
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._stored = 0
-        self._range = LabelRange("KNNMonitor")
+        self._range = LabelRange("KNNMonitor", "set KNNMonitor(num_classes=...)")
         self._bank: tuple[Tensor, Tensor] | None = None
         self._counts: Tensor | None = None
 
@@ -119,7 +98,8 @@ class KNNMonitor(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes is None:
-            self.num_classes = datamodule_num_classes(trainer, "KNNMonitor")
+            fix = "pass KNNMonitor(num_classes=...) or remove the callback"
+            self.num_classes = datamodule_num_classes(trainer, "KNNMonitor", fix)
         datamodule = getattr(trainer, "datamodule", None)
         if self.bank == "clean" and getattr(datamodule, "train_set", None) is None:
             rank_zero_warn(
@@ -236,7 +216,7 @@ class KNNMonitor(L.Callback):
             local = (features[keep], labels[keep])
         # Every rank joins the gathers, with an empty bank if it has none.
         dim = torch.tensor([local[0].shape[1] if local else 0], device=device)
-        num_features = int(gather_variable(dim).max())
+        num_features = int(distributed.gather_variable(dim).max())
         self._bank, self._counts = None, None
         if num_features == 0:
             return
@@ -245,7 +225,7 @@ class KNNMonitor(L.Callback):
                 torch.zeros(0, num_features, device=device),
                 torch.zeros(0, dtype=torch.long, device=device),
             )
-        self._bank = (gather_variable(local[0]), gather_variable(local[1]))
+        self._bank = (distributed.gather_variable(local[0]), distributed.gather_variable(local[1]))
         self._counts = torch.zeros(2, device=device)  # [correct, total]
 
     def score(self, features: Tensor, labels: Tensor) -> None:

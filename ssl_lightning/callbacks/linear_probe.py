@@ -12,18 +12,11 @@ from torch import Tensor, nn
 
 from ssl_lightning import distributed
 from ssl_lightning.backbones.stages import Stages
-from ssl_lightning.callbacks.common import (
-    LabelRange,
-    datamodule_num_classes,
-    place_optimizer_state,
-    probe_optimizer,
-    stage_step_features,
-    step_features,
-    step_where,
-    warn_if_no_validation,
-)
+from ssl_lightning.callbacks.common import stage_step_features, warn_if_no_validation
+from ssl_lightning.callbacks.probe_optim import place_optimizer_state, probe_optimizer, step_where
+from ssl_lightning.labels import LabelRange, datamodule_num_classes
 
-__all__ = ["OnlineLinearProbe", "datamodule_num_classes", "step_features"]
+__all__ = ["OnlineLinearProbe"]
 
 
 class OnlineLinearProbe(L.Callback):
@@ -84,7 +77,7 @@ class OnlineLinearProbe(L.Callback):
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.trained = False
-        self._labels = LabelRange("OnlineLinearProbe")
+        self._labels = LabelRange("OnlineLinearProbe", "set OnlineLinearProbe(num_classes=...)")
         self._counts: Tensor | None = None  # [3]: top-1 hits, top-5 hits, labeled samples
         self._pending_state: dict[str, Any] | None = None
 
@@ -94,7 +87,11 @@ class OnlineLinearProbe(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes is None:
-            self.num_classes = datamodule_num_classes(trainer, "OnlineLinearProbe")
+            self.num_classes = datamodule_num_classes(
+                trainer,
+                "OnlineLinearProbe",
+                "pass OnlineLinearProbe(num_classes=...) or remove the callback",
+            )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         warn_if_no_validation(trainer, "OnlineLinearProbe", f"{self.prefix}/val_acc_top1")

@@ -10,8 +10,8 @@ from ssl_lightning.evaluation.frozen import (
     frozen_evaluation,
     stage_label,
 )
-from ssl_lightning.evaluation.knn import knn_predict
 from ssl_lightning.evaluation.linear import LinearEvaluation
+from ssl_lightning.knn import knn_predict
 
 __all__ = [
     "FrozenResult",

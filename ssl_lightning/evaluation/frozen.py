@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_features, stage_widths
 from ssl_lightning.corruptions import normalize
-from ssl_lightning.evaluation.knn import knn_predict
+from ssl_lightning.knn import knn_predict
 from ssl_lightning.splits import stratified_holdout
 
 if TYPE_CHECKING:  # it reads a datamodule's splits; importing the datamodules is not needed

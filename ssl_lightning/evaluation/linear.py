@@ -16,12 +16,9 @@ from ssl_lightning.backbones.weights import read_weights
 from ssl_lightning.corruptions import Corruption, SimCLRViews, ViewTransform
 from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.export import BackboneCheckpoint
-from ssl_lightning.optim import (
-    build_optimizer,
-    scaled_lr,
-    schedule_length,
-    warmup_cosine_schedule,
-)
+from ssl_lightning.labels import LabelRange, datamodule_num_classes
+from ssl_lightning.methods.schedule import scaled_lr, schedule_length
+from ssl_lightning.optim import build_optimizer, warmup_cosine_schedule
 
 __all__ = ["LinearEvaluation"]
 
@@ -140,6 +137,7 @@ class LinearEvaluation(L.LightningModule):
             self.backbone.eval()
         self.num_classes: int | None = None
         self.head: nn.Module | None = None
+        self._labels = LabelRange("LinearEvaluation", "set model.num_classes")
         if num_classes is not None:
             self._build_head(num_classes)
 
@@ -156,12 +154,8 @@ class LinearEvaluation(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.head is None:
-            num_classes = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
-            if not isinstance(num_classes, int) or num_classes < 1:
-                raise ValueError(
-                    f"LinearEvaluation needs labels, but the datamodule reports num_classes="
-                    f"{num_classes!r}; set model.num_classes or use a labeled datamodule"
-                )
+            fix = "set model.num_classes or use a labeled datamodule"
+            num_classes = datamodule_num_classes(self.trainer, "LinearEvaluation", fix)
             self._build_head(num_classes)
             # Saved with the checkpoint, so load_from_checkpoint builds the head up front.
             self.hparams["num_classes"] = num_classes
@@ -257,17 +251,18 @@ class LinearEvaluation(L.LightningModule):
         return warmup_cosine_schedule(optimizer, 0, schedule_length(self.trainer)[0])
 
     def _check_labels(self, labels: Tensor) -> Tensor:
-        """Labels ``[B]``: ``-1`` (unlabeled) is ignored; out-of-range labels are an error."""
+        """Labels ``[B]`` with those out of range turned into ``-1`` (ignored); they are an
+        error at the end of the epoch (:meth:`_raise_on_bad_labels`), without a sync per step."""
         assert self.num_classes is not None
-        if labels.numel():
-            low, high = torch.aminmax(labels)
-            if int(high) >= self.num_classes or int(low) < -1:
-                raise ValueError(
-                    f"label {int(high) if int(high) >= self.num_classes else int(low)} is "
-                    f"outside [0, num_classes={self.num_classes}) (-1 = unlabeled); set "
-                    f"model.num_classes to at least {int(high) + 1}"
-                )
-        return labels
+        return self._labels.observe(labels, self.num_classes)
+
+    def _raise_on_bad_labels(self) -> None:
+        if self.num_classes is not None:
+            self._labels.check(self.num_classes)
+
+    on_train_epoch_end = on_train_end = on_validation_epoch_end = on_test_epoch_end = (
+        _raise_on_bad_labels
+    )
 
 
 def _accuracies(num_classes: int) -> nn.ModuleDict:

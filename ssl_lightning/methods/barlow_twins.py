@@ -14,12 +14,13 @@ from ssl_lightning.losses import barlow_twins_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import (
     check_batch_size,
-    check_two_views,
+    check_views,
     require_at_least,
     require_positive,
 )
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.methods.schedule import LRScaling
+from ssl_lightning.optim import OptimizerName
 
 
 class BarlowTwins(SSLMethod):
@@ -105,7 +106,7 @@ class BarlowTwins(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_two_views(batch, "BarlowTwins")
+        check_views(batch, "BarlowTwins", "BYOLViews")
         check_batch_size(
             batch, "BarlowTwins", "it standardizes over the batch", self.gather_distributed
         )

@@ -14,14 +14,12 @@ from ssl_lightning.corruptions import Batch, CleanView, Corruption
 from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least, require_positive
 from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
+from ssl_lightning.methods.schedule import LRScaling, scaled_lr, schedule_length
 from ssl_lightning.optim import (
     OPTIMIZERS,
-    LRScaling,
     OptimizerName,
     build_optimizer,
     param_groups,
-    scaled_lr,
-    schedule_length,
     warmup_cosine_schedule,
 )
 

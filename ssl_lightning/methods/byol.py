@@ -13,10 +13,11 @@ from ssl_lightning.corruptions.recipes import small_image_byol_views
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import byol_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_two_views, require_at_least, require_unit_interval
+from ssl_lightning.methods.checks import check_views, require_at_least, require_unit_interval
 from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.methods.schedule import LRScaling
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.optim import OptimizerName
 
 
 class BYOL(SSLMethod):
@@ -108,7 +109,7 @@ class BYOL(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_two_views(batch, "BYOL")
+        check_views(batch, "BYOL", "BYOLViews")
         features = self.embed_views(batch.views)  # [2B, D]
         p1, p2 = self.predictor(self.projector(features)).chunk(2)  # [B, P] each
         with torch.no_grad():

@@ -11,21 +11,26 @@ from ssl_lightning.corruptions import Batch
 __all__ = [
     "check_batch_size",
     "check_sync_batchnorm",
-    "check_two_views",
+    "check_views",
     "require_at_least",
     "require_positive",
     "require_unit_interval",
 ]
 
 
-def check_two_views(batch: Batch, method: str, views: str = "BYOLViews") -> None:
-    """Raises unless ``batch`` holds exactly two views, naming the corruption that makes them."""
-    if len(batch.views) != 2:
-        raise ValueError(
-            f"{method} needs exactly 2 views per image, but the datamodule's corruption made "
-            f"{len(batch.views)}; unset data.corruption to use the method's default views, or "
-            f"set data.corruption={views}"
-        )
+def check_views(
+    batch: Batch, method: str, corruption: str, minimum: int = 2, exact: bool = True, what: str = ""
+) -> None:
+    """Raises unless ``batch`` holds ``minimum`` views per image (at least ``minimum`` when
+    not ``exact``), naming the ``corruption`` that makes them; ``what`` says which views."""
+    made = len(batch.views)
+    if made == minimum or (not exact and made > minimum):
+        return
+    raise ValueError(
+        f"{method} needs {'exactly' if exact else '>='} {minimum} views per image{what}, but "
+        f"the datamodule's corruption made {made}; unset data.corruption to use the method's "
+        f"default views, or set data.corruption={corruption}"
+    )
 
 
 def check_batch_size(batch: Batch, method: str, why: str, gathered: bool) -> None:

@@ -12,10 +12,16 @@ from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import DINOHead
 from ssl_lightning.losses.distillation import dino_loss, teacher_temperature, update_center_
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import require_at_least, require_positive, require_unit_interval
+from ssl_lightning.methods.checks import (
+    check_views,
+    require_at_least,
+    require_positive,
+    require_unit_interval,
+)
 from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.methods.schedule import LRScaling, schedule_length
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import LRScaling, OptimizerName, schedule_length
+from ssl_lightning.optim import OptimizerName
 
 __all__ = ["DINO"]
 
@@ -146,14 +152,10 @@ class DINO(SSLMethod):
         )
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
+        what = " (global views, then local crops)"
+        check_views(batch, "DINO", "MultiCropViews", exact=False, what=what)
         views = batch.views
         num_views, batch_size = len(views), views[0].shape[0]
-        if num_views < 2:
-            raise ValueError(
-                f"DINO needs >= 2 views per image (global views, then local crops), but the "
-                f"datamodule's corruption made {num_views}; unset data.corruption to use "
-                "MultiCropViews, or set data.corruption=MultiCropViews"
-            )
         num_global = next(
             (i for i, view in enumerate(views) if view.shape != views[0].shape), num_views
         )

@@ -14,7 +14,8 @@ from ssl_lightning.layers import mask_to_pixels, patchify, unpatchify, visible_i
 from ssl_lightning.losses import reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.methods.schedule import LRScaling
+from ssl_lightning.optim import OptimizerName
 
 __all__ = ["MAE", "PatchEncoder"]
 

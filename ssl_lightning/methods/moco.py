@@ -15,14 +15,15 @@ from ssl_lightning.losses.contrastive import info_nce
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import (
     check_batch_size,
-    check_two_views,
+    check_views,
     require_at_least,
     require_positive,
     require_unit_interval,
 )
 from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.methods.schedule import LRScaling
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.optim import OptimizerName
 
 __all__ = ["MoCoV3"]
 
@@ -122,7 +123,7 @@ class MoCoV3(SSLMethod):
         return small_image_byol_views()
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_two_views(batch, "MoCo v3")
+        check_views(batch, "MoCo v3", "BYOLViews")
         check_batch_size(
             batch, "MoCo v3", "the other keys are its negatives", self.gather_distributed
         )

@@ -11,9 +11,10 @@ from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses import nt_xent
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_batch_size, require_positive
+from ssl_lightning.methods.checks import check_batch_size, check_views, require_positive
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.methods.schedule import LRScaling
+from ssl_lightning.optim import OptimizerName
 
 
 class SimCLR(SSLMethod):
@@ -78,13 +79,8 @@ class SimCLR(SSLMethod):
         return SimCLRViews(num_views=2)
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
+        check_views(batch, "SimCLR", "SimCLRViews", exact=False)
         num_views, batch_size = len(batch.views), batch.views[0].shape[0]
-        if num_views < 2:
-            raise ValueError(
-                f"SimCLR needs >= 2 views per image, but the datamodule's corruption made "
-                f"{num_views}; unset data.corruption to use SimCLRViews, or set "
-                "data.corruption=SimCLRViews"
-            )
         check_batch_size(batch, "SimCLR", "the others are its negatives", self.gather_distributed)
         features = self.embed_views(batch.views)  # [V*B, D]
         z = self.projector(features).view(num_views, batch_size, -1)  # [V, B, P]

@@ -12,9 +12,10 @@ from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.heads import ProjectionHead
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.base import SSLMethod
-from ssl_lightning.methods.checks import check_two_views, require_at_least
+from ssl_lightning.methods.checks import check_views, require_at_least
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import LRScaling, OptimizerName, param_groups
+from ssl_lightning.methods.schedule import LRScaling
+from ssl_lightning.optim import OptimizerName, param_groups
 
 
 class SimSiam(SSLMethod):
@@ -107,7 +108,7 @@ class SimSiam(SSLMethod):
         return param_groups(rest, self.weight_decay) + [{**g, "fixed_lr": True} for g in fixed]
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_two_views(batch, "SimSiam", views="SimCLRViews")
+        check_views(batch, "SimSiam", "SimCLRViews")
         features = self.embed_views(batch.views)  # [2B, D]
         z = self.projector(features)  # [2B, P]
         p1, p2 = self.predictor(z).chunk(2)  # [B, P] each

@@ -13,12 +13,13 @@ from ssl_lightning.losses import vicreg_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import (
     check_batch_size,
-    check_two_views,
+    check_views,
     require_at_least,
     require_positive,
 )
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import LRScaling, OptimizerName
+from ssl_lightning.methods.schedule import LRScaling
+from ssl_lightning.optim import OptimizerName
 
 
 class VICReg(SSLMethod):
@@ -125,7 +126,7 @@ class VICReg(SSLMethod):
         return BYOLViews(view1=view, view2=view)
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_two_views(batch, "VICReg")
+        check_views(batch, "VICReg", "BYOLViews")
         check_batch_size(
             batch, "VICReg", "it takes variances over the batch", self.gather_distributed
         )

@@ -1,4 +1,5 @@
-"""Weighted k-nearest-neighbour classification of features (the InstDisc protocol)."""
+"""Weighted k-nearest-neighbour classification of features (the InstDisc protocol), shared by
+the kNN monitor callback and the frozen evaluation."""
 
 from __future__ import annotations
 
