@@ -91,6 +91,22 @@ def test_validation_batches_are_only_normalized() -> None:
 
 def test_training_uses_the_models_default_corruption() -> None:
     class Model:
+        """A PretextModel written out: the four members the datamodule and callbacks read."""
+
+        export_module = "backbone"
+
+        def default_corruption(self):
+            return SimCLRViews(num_views=3)
+
+        def check_corruption(self, corruption) -> None:
+            pass
+
+        def preview(self, batch):
+            return batch.image_rows()
+
+    class Partial:
+        """Not a PretextModel (no check_corruption, export_module, preview): plain behaviour."""
+
         def default_corruption(self):
             return SimCLRViews(num_views=3)
 
@@ -103,6 +119,10 @@ def test_training_uses_the_models_default_corruption() -> None:
     dm_config = TensorDataModule(batch_size=4, corruption=CleanView())
     dm_config.trainer = FakeTrainer(training=True, model=Model())
     assert len(dm_config.on_after_batch_transfer((dm.images[:4], dm.labels[:4]), 0).views) == 1
+
+    dm_plain = TensorDataModule(batch_size=4, seed=1)
+    dm_plain.trainer = FakeTrainer(training=True, model=Partial())
+    assert isinstance(dm_plain.train_corruption(), CleanView)
 
 
 def _views(seed: int, rank: int, batches: int = 2, state=None) -> list[torch.Tensor]:

@@ -1,5 +1,6 @@
 """Errors a user can act on: configuration mistakes print the library's message and the key to
-change (the closest valid key for a misspelled one) instead of a jsonargparse traceback; a
+change (the closest valid key for a misspelled one) instead of a jsonargparse traceback, and
+runtime errors the library raises on purpose (a failed download) print their message alone; a
 truncated checkpoint or one holding a pickled object is refused naming the file; NaN weights
 are never exported or loaded."""
 
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision import datasets
 
 from ssl_lightning import LinearEvaluation, SimCLR
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.weights import write_weights
 from ssl_lightning.cli import main
+from ssl_lightning.cli.errors import user_error
+from ssl_lightning.corruptions import normalize
 from ssl_lightning.export import export_backbone
 from tests.helpers import sample_fit_args
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
@@ -104,6 +108,35 @@ def test_the_console_prints_errors_cleanly_and_python_callers_get_exceptions(
     monkeypatch.setenv("SSL_LIGHTNING_TRACEBACK", "1")  # asks for the traceback back
     with pytest.raises(ValueError, match=r"set model.temperature"):
         main(args, clean_errors=True)
+
+
+def test_a_failed_download_prints_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:9/unreachable.tar.gz")
+    args = [
+        "fit",
+        "--model=SimCLR",
+        *TINY,
+        "--data=CIFAR10DataModule",
+        f"--data.data_dir={tmp_path / 'cifar'}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=1",
+    ]
+    code, err = _clean_error(args, capsys)
+    assert code == 1 and "could not download CIFAR10" in err and "cifar-10-python.tar.gz" in err
+    assert len(err.splitlines()) == 2, err  # the message and the SSL_LIGHTNING_TRACEBACK hint
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    # A RuntimeError from inside torch, raised in a call the library made: not a message of
+    # the library's own, so the console shows the traceback.
+    with pytest.raises(RuntimeError) as info:
+        normalize(torch.zeros(2, 3, 4, 4), (0.5, 0.5), (0.5, 0.5))
+    assert user_error(info.value) is None
+    with pytest.raises(ValueError) as refused:
+        SimCLR(temperature=-1.0)
+    assert user_error(refused.value) is refused.value
 
 
 def _truncated(source: Path, out: Path) -> Path:

@@ -28,7 +28,7 @@ import ssl_lightning.datamodules
 import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
 from ssl_lightning.cli import evaluate, export
-from ssl_lightning.cli.errors import CleanErrorParser, show_tracebacks, user_error
+from ssl_lightning.cli.errors import CleanErrorParser, exit_on_user_error
 from ssl_lightning.cli.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
 
 EPILOG = (
@@ -102,12 +102,9 @@ def main(args: list[str] | None = None, clean_errors: bool | None = None) -> Non
             parser_class=CleanErrorParser,
         )
     except Exception as err:
-        cause = user_error(err) if clean_errors and not show_tracebacks() else None
-        if cause is None:
-            raise
-        sys.stderr.write(f"ssl-lightning: error: {cause}\n")
-        sys.stderr.write("(set SSL_LIGHTNING_TRACEBACK=1 to see the traceback)\n")
-        sys.exit(1 if _raised_while_running(err) else 2)
+        if clean_errors:
+            exit_on_user_error(err, "ssl-lightning", 1 if _raised_while_running(err) else 2)
+        raise
 
 
 def _raised_while_running(err: BaseException) -> bool:

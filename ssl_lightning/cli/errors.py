@@ -1,11 +1,13 @@
-"""Configuration errors of ``ssl-lightning`` as one message: the library's own words and the
-key to change, instead of a jsonargparse traceback that ends in a ``Namespace`` dump.
+"""Errors of ``ssl-lightning`` as one message: the library's own words and the key or file to
+change, instead of a jsonargparse traceback that ends in a ``Namespace`` dump, or a 90-line
+traceback in front of the message that says what to do.
 
 Two places produce them: the parser (an unknown key, a value of the wrong type, an unknown
-class), handled by :class:`CleanErrorParser`, and the library's own checks raised while the
-classes are built or the run sets up (``model.temperature must be > 0``), which
-:func:`user_error` picks out of the exception chain. Anything else (a bug, an error inside
-torch) keeps its traceback. ``SSL_LIGHTNING_TRACEBACK=1`` shows every traceback.
+class), handled by :class:`CleanErrorParser`, and the library's own ``raise`` statements,
+while the classes are built (``model.temperature must be > 0``) or while the run goes (a
+failed download, a missing or truncated file, a non-finite loss), which :func:`user_error`
+picks out of the exception chain. Anything else (a bug, an error inside torch) keeps its
+traceback. ``SSL_LIGHTNING_TRACEBACK=1`` shows every traceback.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-__all__ = ["CleanErrorParser", "show_tracebacks", "suggest_key", "summarize", "user_error"]
+__all__ = [
+    "CleanErrorParser",
+    "exit_on_user_error",
+    "show_tracebacks",
+    "suggest_key",
+    "summarize",
+    "user_error",
+]
 
 PACKAGE = Path(__file__).parent.parent  # ssl_lightning: errors raised by any of its code
-# Errors the library raises on purpose, with a message that says what to set.
-# (A TypeError or KeyError is more often a bug than a setting: those keep their traceback.)
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+# The kinds of error the library raises on purpose, with a message that says what to do. Only
+# those raised by a `raise` statement of the package count: the same kinds raised inside torch
+# or by a call that failed (a bug) keep their traceback, and so does a KeyError or assert.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
 
 _PARSER_KEY = re.compile(r'^Parser key "(?P<key>[^"]+)":\s*(?P<rest>.*)$')
 _CLASS_PATH = re.compile(r"^(?:- )?Problem with given class_path '(?P<cls>[^']+)':$")
@@ -208,9 +218,9 @@ def _plain_types(text: str) -> str:
 def user_error(err: BaseException) -> BaseException | None:
     """The error, in ``err`` or its causes, that the library raised on purpose, else ``None``.
 
-    That is an error of a type the library uses for bad settings and inputs, raised by code
-    of this package (a bug or an error inside torch keeps its traceback), or Lightning's own
-    ``MisconfigurationException``.
+    That is an error of a kind the library uses for bad settings and inputs, raised by a
+    ``raise`` statement of this package (a bug or an error inside torch keeps its traceback),
+    or Lightning's own ``MisconfigurationException``.
     """
     seen: set[int] = set()
     current: BaseException | None = err
@@ -226,5 +236,22 @@ def user_error(err: BaseException) -> BaseException | None:
 
 
 def _raised_here(err: BaseException) -> bool:
+    """Whether a ``raise`` statement of this package raised ``err`` (not a call it made)."""
     frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
+    if not frames or isinstance(err, NotImplementedError) or not str(err):
+        return False
+    last = frames[-1]
+    is_raise = (last.line or "").lstrip().startswith("raise ")
+    return is_raise and Path(last.filename).resolve().is_relative_to(PACKAGE)
+
+
+def exit_on_user_error(err: BaseException, prog: str, status: int) -> None:
+    """Prints the error the library raised on purpose in ``err``'s chain as ``prog: error:
+    message`` and exits with ``status``; returns (for the caller to re-raise) when there is
+    none, or when ``SSL_LIGHTNING_TRACEBACK`` asks for tracebacks."""
+    cause = None if show_tracebacks() else user_error(err)
+    if cause is None:
+        return
+    sys.stderr.write(f"{prog}: error: {cause}\n")
+    sys.stderr.write("(set SSL_LIGHTNING_TRACEBACK=1 to see the traceback)\n")
+    sys.exit(status)

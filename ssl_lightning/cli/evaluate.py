@@ -24,6 +24,7 @@ import torch
 
 from ssl_lightning.backbones import create_backbone
 from ssl_lightning.backbones.stages import Stages
+from ssl_lightning.cli.errors import exit_on_user_error
 from ssl_lightning.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -116,8 +117,9 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error("give at least one checkpoint or weights file to evaluate")
     try:
         rows = _evaluate(ns)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"ssl-lightning evaluate: error: {err}\n")
+    except Exception as err:
+        exit_on_user_error(err, "ssl-lightning evaluate", 2)
+        raise
     print(_table(rows))
     if ns.out is not None:
         ns.out.parent.mkdir(parents=True, exist_ok=True)

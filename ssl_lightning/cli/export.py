@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ssl_lightning.cli.errors import exit_on_user_error
 from ssl_lightning.export import export_backbone
 
 __all__ = ["main"]
@@ -27,6 +28,7 @@ def main(args: list[str] | None = None) -> None:
     ns = parser.parse_args(args)
     try:
         out = export_backbone(ns.checkpoint, ns.out, overwrite=ns.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        parser.exit(2, f"ssl-lightning export: error: {err}\n")
+    except Exception as err:
+        exit_on_user_error(err, "ssl-lightning export", 2)
+        raise
     print(f"wrote {out}")
