@@ -1,9 +1,10 @@
-"""Seeded splits of labelled rows: a stratified hold-out and a class-balanced order.
+"""Seeded splits of labelled rows: a stratified hold-out, a class-balanced order, and a
+class-balanced share of the labels.
 
-Plain torch on the CPU, shared by the datamodules (validation hold-out and order) and the
-evaluation (the hold-out that chooses a classifier's weight decay). :func:`mix_seed` hashes
-integers into the seeds of these splits, of the epoch shuffle and of the per-batch
-corruption generators.
+Plain torch on the CPU, shared by the datamodules (validation hold-out and order, training
+with few labels) and the evaluation (the hold-out that chooses a classifier's weight
+decay). :func:`mix_seed` hashes integers into the seeds of these splits, of the epoch
+shuffle and of the per-batch corruption generators.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["class_interleaved", "mix_seed", "stratified_holdout"]
+__all__ = ["class_interleaved", "label_subset", "mix_seed", "stratified_holdout"]
 
 
 def mix_seed(*values: int) -> int:
@@ -89,3 +90,27 @@ def class_interleaved(labels: Tensor, seed: int) -> Tensor:
     tie_order = torch.randperm(counts.shape[0], generator=generator)[inverse]  # [N]
     by_tie = torch.sort(tie_order, stable=True).indices
     return grouped[by_tie[torch.sort(key[by_tie], stable=True).indices]]
+
+
+def label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Rows of a class-balanced ``fraction`` of the labelled rows: what a user with few labels
+    trains a classifier on (1 % or 10 % of ImageNet's labels in the SimCLR and MAE papers).
+
+    Every class keeps ``fraction`` of its rows, within one row (the largest-remainder rounding
+    of :func:`stratified_holdout`); unlabelled rows (``-1``) are left out. The choice depends
+    on ``seed`` alone and differs from the hold-out :func:`stratified_holdout` draws with the
+    same seed.
+
+    Args:
+        labels: ``[N]`` int labels, ``-1`` = unlabelled.
+        fraction: share of the labelled rows to keep, in ``(0, 1]``.
+        seed: seed of the choice.
+
+    Returns:
+        ``[K]`` sorted int64 row indices.
+    """
+    labelled = (labels >= 0).nonzero()[:, 0]  # [L]
+    if fraction >= 1.0:
+        return labelled
+    _, chosen = stratified_holdout(labels[labelled], fraction, mix_seed(seed, 2))
+    return labelled[chosen]

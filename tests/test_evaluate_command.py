@@ -74,7 +74,8 @@ def test_checkpoint_weights_and_random_init_match_the_python_api(
         for key, value in reference.items():
             assert row[key] == pytest.approx(value, abs=1e-6), (row, key)
     table = capsys.readouterr().out
-    assert "| model | features | linear top-1 |" in table and "random init (convnet)" in table
+    assert "| model | features | labels | linear top-1 |" in table
+    assert "random init (convnet)" in table
 
 
 def test_bad_input_names_the_file_or_the_option(

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         help="score on this held-out share of the training images instead of the test split",
     )
     parser.add_argument(
+        "--label-fraction",
+        type=float,
+        default=1.0,
+        help="fit the classifiers on this class-balanced share of the labelled training "
+        "images (seeded, disjoint from --val-fraction's hold-out), e.g. 0.01 or 0.1",
+    )
+    parser.add_argument(
         "--stages",
         action="append",
         type=_stages,
@@ -98,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | features | linear top-1 | linear top-5 | kNN top-1 | weight decay |",
-        "|---|---|---|---|---|---|",
+        "| model | features | labels | linear top-1 | linear top-5 | kNN top-1 | weight decay |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['stages']} | {r['linear_top1']:.1%} | {r['linear_top5']:.1%} "
-            f"| {r['knn_top1']:.1%} | {r['weight_decay']:g} |"
+            f"| {r['model']} | {r['stages']} | {r['label_fraction']:.0%} | "
+            f"{r['linear_top1']:.1%} | {r['linear_top5']:.1%} | {r['knn_top1']:.1%} | "
+            f"{r['weight_decay']:g} |"
         )
     return "\n".join(lines)
 
@@ -131,7 +139,9 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
 
 def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
     sources = [(str(path), BackboneCheckpoint.read_any(path)) for path in ns.models]
-    data = DATAMODULES[ns.data](ns.data_dir, val_fraction=ns.val_fraction)
+    data = DATAMODULES[ns.data](
+        ns.data_dir, val_fraction=ns.val_fraction, label_fraction=ns.label_fraction
+    )
     models = [(name, source.build()) for name, source in sources]
     if ns.random_init:
         torch.manual_seed(ns.seed)
@@ -144,5 +154,13 @@ def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
         results = evaluate_stages(backbone.to(ns.device), data, stages, progress=True)
         seconds = round(time.perf_counter() - start, 1)
         for label, result in results.items():
-            rows.append({"model": name, "stages": label, **asdict(result), "seconds": seconds})
+            rows.append(
+                {
+                    "model": name,
+                    "stages": label,
+                    "label_fraction": ns.label_fraction,
+                    **asdict(result),
+                    "seconds": seconds,
+                }
+            )
     return rows

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from ssl_lightning.corruptions import Batch, CleanView, Corruption, PretextModel, normalize
 from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch
 from ssl_lightning.datamodules.resume import EpochPosition, EpochShuffleSampler, ResumableDataLoader
-from ssl_lightning.splits import class_interleaved, mix_seed, stratified_holdout
+from ssl_lightning.splits import class_interleaved, label_subset, mix_seed, stratified_holdout
 
 Split = Literal["train", "val"]
 PredictSplit = Literal["train", "val", "test"]
@@ -58,6 +58,9 @@ class InMemoryDataModule(L.LightningDataModule):
         predict_split: the split ``trainer.predict`` embeds (clean images, in order):
             ``"train"``, ``"val"`` (the validation set) or ``"test"`` (the dataset's own test
             split, which ``trainer.test`` scores too).
+        label_fraction: train on this class-balanced share of the labelled training images
+            (chosen by ``split_seed``, after the validation hold-out: the two never overlap),
+            for evaluation with few labels; ``1`` keeps them all, unlabelled ones included.
     """
 
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -72,6 +75,7 @@ class InMemoryDataModule(L.LightningDataModule):
         val_fraction: float = 0.0,
         split_seed: int = 0,
         predict_split: PredictSplit = "test",
+        label_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if predict_split not in ("train", "val", "test"):
@@ -86,8 +90,14 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"val_fraction={val_fraction!r} is invalid: expected a share of the training "
                 "images in [0, 1) (set data.val_fraction; 0 keeps them all for training)"
             )
+        if not 0.0 < label_fraction <= 1.0:
+            raise ValueError(
+                f"label_fraction={label_fraction!r} is invalid: expected a share of the "
+                "labelled training images in (0, 1] (set data.label_fraction; 1 trains on all)"
+            )
         self.batch_size = batch_size
         self.corruption = corruption
+        self.label_fraction = label_fraction
         self.seed = seed
         self.num_workers = num_workers
         self.val_fraction = val_fraction
@@ -123,7 +133,7 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} has no training split")
         images, labels = loaded
         if self.val_fraction == 0.0:
-            self.train_set = InMemoryDataset(images, labels)
+            self.train_set = InMemoryDataset(images, labels, rows=self._labelled_share(labels))
             val = self.load_split("val")
             if val is not None:
                 order = class_interleaved(val[1].long(), self.split_seed)
@@ -136,7 +146,10 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"out {held.numel()} of them; set data.val_fraction so that both parts keep "
                 "at least one image"
             )
-        self.train_set = InMemoryDataset(images, labels, rows=keep)
+        share = self._labelled_share(labels[keep])
+        self.train_set = InMemoryDataset(
+            images, labels, rows=keep if share is None else keep[share]
+        )
         held = held[class_interleaved(labels[held].long(), self.split_seed)]
         self.val_set = InMemoryDataset(images, labels, rows=held)
         classes = int(torch.unique(labels).numel())
@@ -144,9 +157,26 @@ class InMemoryDataModule(L.LightningDataModule):
             f"{type(self).__name__}: held out {held.numel()} of {labels.shape[0]} training "
             f"images ({self.val_fraction:.1%}, stratified over {classes} "
             f"{'class' if classes == 1 else 'classes'}, split_seed={self.split_seed}) as the "
-            f"validation split; training uses the other {keep.numel()}. The dataset's own "
-            "test split, if any, is not used."
+            f"validation split; training uses the other {len(self.train_set)}. The dataset's "
+            "own test split, if any, is not used."
         )
+
+    def _labelled_share(self, labels: Tensor) -> Tensor | None:
+        """Rows of ``labels`` that ``label_fraction`` keeps (``None``: all of them)."""
+        if self.label_fraction == 1.0:
+            return None
+        rows = label_subset(labels.long(), self.label_fraction, self.split_seed)
+        if rows.numel() == 0:
+            raise ValueError(
+                f"label_fraction={self.label_fraction} of {labels.shape[0]} training images "
+                "keeps none of them (or none is labelled); raise data.label_fraction"
+            )
+        rank_zero_info(
+            f"{type(self).__name__}: training on {rows.numel()} of {labels.shape[0]} training "
+            f"images ({self.label_fraction:.1%} of the labelled ones, class-balanced, "
+            f"split_seed={self.split_seed})"
+        )
+        return rows
 
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train_set is not None, "call setup() first"

@@ -32,6 +32,8 @@ class CIFAR10DataModule(InMemoryDataModule):
             test split; 0 validates on the test split.
         split_seed: seed of the hold-out choice.
         predict_split: the split ``trainer.predict`` embeds: train, val or test.
+        label_fraction: train on this class-balanced share of the labelled training images
+            (see :class:`InMemoryDataModule`); 1 keeps them all.
 
     Examples:
         >>> dm = CIFAR10DataModule(data_dir="data", batch_size=512)
@@ -52,9 +54,17 @@ class CIFAR10DataModule(InMemoryDataModule):
         val_fraction: float = 0.0,
         split_seed: int = 0,
         predict_split: PredictSplit = "test",
+        label_fraction: float = 1.0,
     ) -> None:
         super().__init__(
-            batch_size, corruption, seed, num_workers, val_fraction, split_seed, predict_split
+            batch_size,
+            corruption,
+            seed,
+            num_workers,
+            val_fraction,
+            split_seed,
+            predict_split,
+            label_fraction,
         )
         self.data_dir = Path(data_dir)
         self.download = download

@@ -77,6 +77,8 @@ class ImageFolderDataModule(InMemoryDataModule):
             ``test``/``val`` folder (see :class:`InMemoryDataModule`).
         split_seed: seed of the hold-out choice.
         predict_split: the split ``trainer.predict`` embeds: train, val or test.
+        label_fraction: train on this class-balanced share of the labelled training images
+            (see :class:`InMemoryDataModule`); 1 keeps them all.
         memory_budget_gb: most decoded bytes (10^9) to hold in RAM per process, train and
             validation together; beyond it splits are memory-mapped. ``None`` = half the RAM.
         skip_bad_files: skip files that cannot be decoded (listed in a warning and in
@@ -102,11 +104,19 @@ class ImageFolderDataModule(InMemoryDataModule):
         val_fraction: float = 0.0,
         split_seed: int = 0,
         predict_split: PredictSplit = "test",
+        label_fraction: float = 1.0,
         memory_budget_gb: float | None = None,
         skip_bad_files: bool = False,
     ) -> None:
         super().__init__(
-            batch_size, corruption, seed, num_workers, val_fraction, split_seed, predict_split
+            batch_size,
+            corruption,
+            seed,
+            num_workers,
+            val_fraction,
+            split_seed,
+            predict_split,
+            label_fraction,
         )
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
