@@ -35,6 +35,51 @@ def param_groups(params: nn.Module | Iterable[Tensor], weight_decay: float) -> l
     ]
 
 
+def layer_depths(backbone: nn.Module) -> tuple[dict[str, int], int]:
+    """The depth of every parameter of ``backbone`` in forward order, and the number of depths.
+
+    Depth ``i`` is the ``i``-th top-level submodule in registration order (which is forward
+    order for the registry's backbones), with ``Sequential``/``ModuleList`` containers
+    unrolled into their items: the ResNet stem, each residual block, each transformer block,
+    the final norm. Parameters registered on the backbone itself (a ViT's class token and
+    positions) sit at depth 0, with the input layer.
+    """
+    units: list[tuple[str, nn.Module]] = []
+    for name, child in backbone.named_children():
+        if isinstance(child, nn.Sequential | nn.ModuleList):
+            units += [(f"{name}.{i}", item) for i, item in child.named_children()]
+        else:
+            units.append((name, child))
+    units = [(name, unit) for name, unit in units if any(True for _ in unit.parameters())]
+    depths = {
+        f"{name}.{param}": depth
+        for depth, (name, unit) in enumerate(units)
+        for param, _ in unit.named_parameters()
+    }
+    for name, _ in backbone.named_parameters(recurse=False):
+        depths[name] = 0
+    return depths, max(1, len(units))
+
+
+def layer_decay_groups(
+    module: nn.Module, weight_decay: float, layer_decay: float | None, lr_factor: float = 1.0
+) -> list[dict[str, Any]]:
+    """:func:`param_groups` of ``module`` with a learning-rate factor each: ``lr_factor``,
+    times ``layer_decay ** (D - depth)`` per :func:`layer_depths` when ``layer_decay`` is set,
+    so the layers nearest the input change least (BEiT, arXiv:2106.08254; MAE fine-tuning)."""
+    if layer_decay is None:
+        return [{**g, "lr_factor": lr_factor} for g in param_groups(module, weight_decay)]
+    depths, count = layer_depths(module)
+    by_depth: dict[int, list[Tensor]] = {}
+    for name, p in module.named_parameters():
+        by_depth.setdefault(depths[name], []).append(p)
+    groups = []
+    for depth, params in sorted(by_depth.items()):
+        factor = lr_factor * layer_decay ** (count - depth)
+        groups += [{**g, "lr_factor": factor} for g in param_groups(params, weight_decay)]
+    return groups
+
+
 class LARS(Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017, arXiv:1708.03888).
 

@@ -108,8 +108,9 @@ def test_frozen_backbone_stays_in_eval_mode_and_fine_tune_trains_it(tmp_path: Pa
     trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[Watch()])
     trainer.fit(tuned, dm)
     assert seen == [True, True]
-    head_group, backbone_group = trainer.optimizers[0].param_groups
-    assert backbone_group["initial_lr"] == pytest.approx(0.5 * head_group["initial_lr"])
+    head_group, *backbone_groups = trainer.optimizers[0].param_groups
+    for group in backbone_groups:  # weights, then biases and norms (no weight decay)
+        assert group["initial_lr"] == pytest.approx(0.5 * head_group["initial_lr"])
     assert any(
         not torch.equal(a, b) for a, b in zip(before, tuned.backbone.parameters(), strict=True)
     )

@@ -1,14 +1,20 @@
-"""``ssl-lightning evaluate``: the fast frozen evaluation of checkpoints and weights files.
+"""``ssl-lightning evaluate``: frozen or fine-tuned evaluation of checkpoints and weights files.
 
 Each model (a ``.ckpt`` of any SSL method or ``LinearEvaluation``, or a weights file written by
-``ssl-lightning export``) is evaluated with :func:`~ssl_lightning.evaluation.evaluate_stages`
-on a dataset's train split (fitted) and test split (scored), for each ``--stages`` selection;
-``--random-init`` adds the same architecture untrained, read the same way. One table is
-printed; ``--out`` appends one JSON line per row, so earlier results are kept.
+``ssl-lightning export``) is evaluated on a dataset's train split (fitted) and test split
+(scored): by default with :func:`~ssl_lightning.evaluation.evaluate_stages` (frozen features,
+for each ``--stages`` selection), with ``--fine-tune`` by
+:func:`~ssl_lightning.evaluation.fine_tune` for ``--steps`` steps. ``--label-fraction`` fits
+on a class-balanced share of the labels; ``--random-init`` adds the same architecture from a
+random initialization, evaluated the same way (for fine-tuning: trained from scratch with
+the same recipe and steps). One table is printed; ``--out`` appends one JSON line per row, so
+earlier results are kept.
 
     ssl-lightning evaluate last.ckpt --data-dir ../shared/data/cifar10-jpeg --random-init
     ssl-lightning evaluate simclr.pt rotation.pt --data CIFAR10DataModule --data-dir data \\
         --stages last --stages all --out frozen.jsonl
+    ssl-lightning evaluate simclr.pt --data-dir ../shared/data/cifar10-jpeg --fine-tune \\
+        --steps 1000 --label-fraction 0.1 --random-init --out finetune.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,12 +38,13 @@ from ssl_lightning.datamodules import (
     ImageFolderDataModule,
     InMemoryDataModule,
 )
-from ssl_lightning.evaluation import evaluate_stages
+from ssl_lightning.evaluation import FrozenResult, evaluate_stages, fine_tune
 from ssl_lightning.export import BackboneCheckpoint
 
 __all__ = ["DATAMODULES", "main"]
 
-DATAMODULES: dict[str, type[InMemoryDataModule]] = {
+# Each takes the data folder first, then keyword arguments.
+DATAMODULES: dict[str, Callable[..., InMemoryDataModule]] = {
     "ImageFolderDataModule": ImageFolderDataModule,
     "CIFAR10DataModule": CIFAR10DataModule,
     "CIFAR100DataModule": CIFAR100DataModule,
@@ -96,6 +104,22 @@ def _parser() -> argparse.ArgumentParser:
         help="also evaluate the first model's architecture untrained (seeded by --seed)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    tune = parser.add_argument_group("fine-tuning (--fine-tune)")
+    tune.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="train the whole backbone with a linear head (crop + flip, AdamW, cosine) for "
+        "--steps steps instead of the frozen evaluation",
+    )
+    tune.add_argument("--steps", type=int, default=500, help="optimizer steps of each model")
+    tune.add_argument("--batch-size", type=int, default=256, help="images per step")
+    tune.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    tune.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    tune.add_argument(
+        "--layer-decay",
+        type=float,
+        help="layer-wise learning-rate decay, e.g. 0.75 (default: none)",
+    )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="feature device"
     )
@@ -104,16 +128,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
+    if rows and rows[0]["protocol"] == "fine-tune":
+        lines = ["| model | labels | steps | top-1 | top-5 |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['model']} | {r['label_fraction']:.0%} | {r['steps']} | {r['top1']:.1%} | "
+            f"{r['top5']:.1%} |"
+            for r in rows
+        ]
+        return "\n".join(lines)
     lines = [
         "| model | features | labels | linear top-1 | linear top-5 | kNN top-1 | weight decay |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['stages']} | {r['label_fraction']:.0%} | "
-            f"{r['linear_top1']:.1%} | {r['linear_top5']:.1%} | {r['knn_top1']:.1%} | "
-            f"{r['weight_decay']:g} |"
-        )
+    lines += [
+        f"| {r['model']} | {r['stages']} | {r['label_fraction']:.0%} | "
+        f"{r['linear_top1']:.1%} | {r['linear_top5']:.1%} | {r['knn_top1']:.1%} | "
+        f"{r['weight_decay']:g} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -138,29 +170,57 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    sources = [(str(path), BackboneCheckpoint.read_any(path)) for path in ns.models]
-    data = DATAMODULES[ns.data](
-        ns.data_dir, val_fraction=ns.val_fraction, label_fraction=ns.label_fraction
-    )
-    models = [(name, source.build()) for name, source in sources]
+    sources: list[tuple[str, BackboneCheckpoint | None]] = [
+        (str(path), BackboneCheckpoint.read_any(path)) for path in ns.models
+    ]
+    first = sources[0][1]
+    assert first is not None
     if ns.random_init:
-        torch.manual_seed(ns.seed)
-        first = sources[0][1]
-        models.append((f"random init ({first.name})", create_backbone(first.name, **first.kwargs)))
-    stages = tuple(ns.stages or ["last"])
+        sources.append((f"random init ({first.name})", None))
+    data = DATAMODULES[ns.data](
+        ns.data_dir,
+        batch_size=ns.batch_size,
+        val_fraction=ns.val_fraction,
+        label_fraction=ns.label_fraction,
+    )
     rows = []
-    for name, backbone in models:
+    for name, source in sources:
         start = time.perf_counter()
-        results = evaluate_stages(backbone.to(ns.device), data, stages, progress=True)
-        seconds = round(time.perf_counter() - start, 1)
-        for label, result in results.items():
-            rows.append(
-                {
-                    "model": name,
-                    "stages": label,
-                    "label_fraction": ns.label_fraction,
-                    **asdict(result),
-                    "seconds": seconds,
-                }
+        common = {"model": name, "label_fraction": ns.label_fraction}
+        if ns.fine_tune:
+            result = fine_tune(
+                source,
+                data,
+                ns.steps,
+                backbone=(first.name, first.kwargs),
+                lr=ns.lr,
+                weight_decay=ns.weight_decay,
+                layer_decay=ns.layer_decay,
+                seed=ns.seed,
+                progress=True,
             )
+            found = [{"protocol": "fine-tune", **common, **asdict(result)}]
+        else:
+            found = [
+                {"protocol": "frozen", **common, "stages": label, **asdict(frozen)}
+                for label, frozen in _frozen(ns, source, first, data).items()
+            ]
+        seconds = round(time.perf_counter() - start, 1)
+        rows += [{**row, "seconds": seconds} for row in found]
     return rows
+
+
+def _frozen(
+    ns: argparse.Namespace,
+    source: BackboneCheckpoint | None,
+    first: BackboneCheckpoint,
+    data: InMemoryDataModule,
+) -> dict[str, FrozenResult]:
+    """The frozen evaluation of ``source`` (``None``: ``first``'s architecture, untrained)."""
+    if source is None:
+        torch.manual_seed(ns.seed)
+        backbone = create_backbone(first.name, **first.kwargs)
+    else:
+        backbone = source.build()
+    stages = tuple(ns.stages or ["last"])
+    return evaluate_stages(backbone.to(ns.device), data, stages, progress=True)

@@ -18,7 +18,7 @@ from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.export import BackboneCheckpoint
 from ssl_lightning.labels import LabelRange, datamodule_num_classes
 from ssl_lightning.methods.schedule import scaled_lr, schedule_length
-from ssl_lightning.optim import build_optimizer, warmup_cosine_schedule
+from ssl_lightning.optim import build_optimizer, layer_decay_groups, warmup_cosine_schedule
 
 __all__ = ["LinearEvaluation"]
 
@@ -54,6 +54,9 @@ class LinearEvaluation(L.LightningModule):
         fine_tune: train the backbone too (with ``lr * backbone_lr_factor``), BatchNorm in
             train mode.
         backbone_lr_factor: learning-rate factor of the backbone when ``fine_tune``.
+        layer_decay: with ``fine_tune``, a layer-wise learning-rate decay (0.65-0.75 in BEiT
+            and MAE): each layer's factor shrinks by it per layer from the top
+            (:func:`~ssl_lightning.optim.layer_decay_groups`); biases and norms get no decay.
         batch_norm: put a non-affine BatchNorm on the features before the linear layer.
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"``.
         lr: base learning rate (per 256 images when ``scale_lr``).
@@ -77,6 +80,7 @@ class LinearEvaluation(L.LightningModule):
         num_classes: int | None = None,
         fine_tune: bool = False,
         backbone_lr_factor: float = 0.1,
+        layer_decay: float | None = None,
         batch_norm: bool = True,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.1,
@@ -124,7 +128,7 @@ class LinearEvaluation(L.LightningModule):
         self.num_features = num_features_of(model)
         self.backbone = model
         self.fine_tune = fine_tune
-        self.backbone_lr_factor = backbone_lr_factor
+        self.backbone_lr_factor, self.layer_decay = backbone_lr_factor, layer_decay
         self.batch_norm = batch_norm
         self.optimizer_name = optimizer
         self.lr = lr
@@ -239,8 +243,9 @@ class LinearEvaluation(L.LightningModule):
         lr = scaled_lr(self.lr, self.trainer) if self.scale_lr else self.lr
         groups: list[dict[str, Any]] = [{"params": list(self.head.parameters())}]
         if self.fine_tune:
-            backbone_params = list(self.backbone.parameters())
-            groups.append({"params": backbone_params, "lr_factor": self.backbone_lr_factor})
+            groups += layer_decay_groups(
+                self.backbone, self.weight_decay, self.layer_decay, self.backbone_lr_factor
+            )
         optimizer = build_optimizer(
             self.optimizer_name,
             groups,
