@@ -12,15 +12,22 @@ For each ``--method`` (any method class exported by ``ssl_lightning.methods``, o
    images computed once, a linear classifier (weight decay chosen on a held-out 10% of the
    train features) and a kNN classifier (k=200, T=0.1), scored on the 10,000 test images.
 
-The random-init row evaluates the same architecture untrained, with the same protocol. Each
-finished row is appended to ``--out`` (JSON lines), so methods can run one at a time; the
-table printed at the end covers every row in that file.
+3. with ``--fine-tune-steps N``, also fine-tunes that backbone with a linear head for ``N``
+   steps on a class-balanced ``--label-fraction`` of the training labels
+   (:func:`ssl_lightning.evaluation.fine_tune`) and scores it on the test images.
+
+The random-init row evaluates the same architecture untrained, with the same protocol (and
+fine-tunes it from scratch with the same recipe, steps and batches). Each finished row is
+appended to ``--out`` (JSON lines), so methods can run one at a time; the table printed at
+the end covers every row in that file.
 
     python benchmarks/probe_quality.py --data-dir ../shared/data/cifar10-jpeg --method all
     python benchmarks/probe_quality.py --method SimCLR --method BYOL --minutes 7
     python benchmarks/probe_quality.py --no-random-init --plot curves.png  # the rows so far
     python benchmarks/probe_quality.py --method MAE --backbone vit_tiny \
         --backbone-kwargs '{"dim": 96, "depth": 4, "num_heads": 3}'
+    python benchmarks/probe_quality.py --method RotationPrediction --steps 600 \
+        --fine-tune-steps 500 --label-fraction 0.1
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/probe_quality.py` impor
 from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
 from ssl_lightning import create_backbone, methods  # noqa: E402
 from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
-from ssl_lightning.evaluation import evaluate_stages  # noqa: E402
+from ssl_lightning.evaluation import evaluate_stages, fine_tune  # noqa: E402
+from ssl_lightning.export import BackboneCheckpoint  # noqa: E402
 from ssl_lightning.methods import SSLMethod  # noqa: E402
 
 METHODS = methods.method_classes()
@@ -81,7 +89,32 @@ def _steps_in_budget(args: argparse.Namespace, name: str, data: ImageFolderDataM
     return max(1, int(args.minutes * 60 / per_step))
 
 
-def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule) -> dict:
+def fine_tuned(
+    args: argparse.Namespace, backbone: torch.nn.Module | None, data: ImageFolderDataModule
+) -> dict:
+    """``--fine-tune-steps`` of fine-tuning of ``backbone`` (``None``: the architecture from
+    scratch) on ``data`` (its ``label_fraction``), as ``finetune_*`` keys; ``{}`` without."""
+    if not args.fine_tune_steps:
+        return {}
+    spec = (args.backbone, dict(args.backbone_kwargs))
+    source = None if backbone is None else BackboneCheckpoint(*spec, backbone.state_dict())
+    start = time.perf_counter()
+    result = fine_tune(source, data, args.fine_tune_steps, backbone=spec, seed=args.seed)
+    print(f"  fine-tuned {result.steps} steps in {time.perf_counter() - start:.0f} s: {result}")
+    return {
+        "finetune_top1": result.top1,
+        "finetune_top5": result.top5,
+        "finetune_steps": result.steps,
+        "label_fraction": data.label_fraction,
+    }
+
+
+def run_method(
+    args: argparse.Namespace,
+    name: str,
+    data: ImageFolderDataModule,
+    few_labels: ImageFolderDataModule,
+) -> dict:
     assert data.train_set is not None
     epoch_steps = len(data.train_set) // args.batch_size
     total = args.steps or _steps_in_budget(args, name, data)
@@ -103,6 +136,7 @@ def run_method(args: argparse.Namespace, name: str, data: ImageFolderDataModule)
         "images_per_s": round(steps * args.batch_size / seconds, 1),
         "final_loss": loss,
         **evaluate(backbone, data, args.stages),
+        **fine_tuned(args, backbone, few_labels),
     }
 
 
@@ -147,17 +181,20 @@ def best_stage(row: dict) -> tuple[str, float] | None:
 def print_table(rows: list[dict]) -> None:
     print(
         "\n| method | steps | images/s | linear top-1 | linear top-5 | kNN top-1 "
-        "| all stages: linear top-1 | kNN top-1 | best single stage |"
+        "| all stages: linear top-1 | kNN top-1 | best single stage | fine-tuned top-1 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         scores = ["linear_top1", "linear_top5", "knn_top1", "all_linear_top1", "all_knn_top1"]
         cells = " | ".join(_percent(r, key) for key in scores)
         best = best_stage(r)
         best_cell = f"{best[0]}: {best[1]:.1%}" if best else "-"
+        tuned = _percent(r, "finetune_top1")
+        if "finetune_top1" in r:
+            tuned += f" ({r['label_fraction']:.0%} labels, {r['finetune_steps']} steps)"
         print(
             f"| {r['method']} | {r.get('steps', '-')} | {r.get('images_per_s', '-')} | {cells} "
-            f"| {best_cell} |"
+            f"| {best_cell} | {tuned} |"
         )
 
 
@@ -225,6 +262,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="features evaluated, repeatable: 'last' (default), 'all' stages concatenated, or "
         "one stage's index",
     )
+    parser.add_argument(
+        "--fine-tune-steps",
+        type=int,
+        default=0,
+        help="also fine-tune each backbone (and the random init from scratch) for N steps",
+    )
+    parser.add_argument(
+        "--label-fraction",
+        type=float,
+        default=0.1,
+        help="class-balanced share of the training labels the fine-tuning uses",
+    )
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -245,6 +294,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     jobs: list[str] = names if args.no_random_init else ["random init", *names]
     data = ImageFolderDataModule(args.data_dir, batch_size=args.batch_size)
+    few_labels = ImageFolderDataModule(
+        args.data_dir, batch_size=args.batch_size, label_fraction=args.label_fraction
+    )
     if jobs:
         data.setup("fit")  # decodes (or reads the cache) before any clock starts
     setting = {
@@ -258,9 +310,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if name == "random init":
             L.seed_everything(args.seed)
             backbone = create_backbone(args.backbone, **args.backbone_kwargs)
-            row = {"method": name, **evaluate(backbone, data, args.stages)}
+            row = {
+                "method": name,
+                **evaluate(backbone, data, args.stages),
+                **fine_tuned(args, None, few_labels),
+            }
         else:
-            row = run_method(args, name, data)
+            row = run_method(args, name, data, few_labels)
         with args.out.open("a") as f:
             f.write(json.dumps({**row, **setting}) + "\n")
     lines = args.out.read_text().splitlines() if args.out.exists() else []

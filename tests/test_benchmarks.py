@@ -120,3 +120,18 @@ def test_probe_quality_rows_record_the_set_overrides(tmp_path: Path) -> None:
     argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--out", str(out)]
     rows = probe_quality.main([*argv, "--set", "SimCLR.lr=0.5", "--set", "*.temperature=0.5"])
     assert [r["set"] for r in rows] == [{"SimCLR.lr": 0.5, "*.temperature": 0.5}] * 2
+
+
+def test_probe_quality_fine_tunes_each_backbone_and_the_scratch_baseline(tmp_path: Path) -> None:
+    from benchmarks import probe_quality
+    from benchmarks.__main__ import SAMPLE
+
+    out = tmp_path / "results.jsonl"
+    argv = ["--data-dir", str(SAMPLE), "--method", "SimCLR", "--steps", "1", "--batch-size", "32"]
+    argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--out", str(out)]
+    rows = probe_quality.main([*argv, "--fine-tune-steps", "2", "--label-fraction", "0.5"])
+    assert [(r["method"], r["finetune_steps"], r["label_fraction"]) for r in rows] == [
+        ("random init", 2, 0.5),
+        ("SimCLR", 2, 0.5),
+    ]
+    assert all(0.0 <= r["finetune_top1"] <= 1.0 for r in rows)
