@@ -33,6 +33,8 @@ def _fit(
     stop: int | None = None,
     ckpt_path: Path | None = None,
     corruption: Corruption | None = None,
+    batch_size: int = 16,
+    cache_dir: Path | None = None,
     **trainer_kwargs: Any,
 ) -> SSLMethod:
     L.seed_everything(0, verbose=False)
@@ -49,7 +51,10 @@ def _fit(
         **trainer_kwargs,
     )
     data = ImageFolderDataModule(
-        SAMPLE, batch_size=16, cache_dir=root.parent / "cache", corruption=corruption
+        SAMPLE,
+        batch_size=batch_size,
+        cache_dir=cache_dir or root.parent / "cache",
+        corruption=corruption,
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model
@@ -61,14 +66,19 @@ def straight_and_resumed(
     total: int,
     stop: int,
     corruption: Corruption | None = None,
+    batch_size: int = 16,
+    cache_dir: Path | None = None,
     **trainer_kwargs: Any,
 ) -> tuple[SSLMethod, SSLMethod, Path]:
     """Fits ``total`` steps straight, and ``stop`` steps + a checkpoint + a resume from it for
     the rest (the same schedule: the first part stops early, as a crash would), with
-    ``corruption`` (the method's default when ``None``). Returns both final models and the
-    checkpoint written at ``stop``. ``trainer_kwargs`` go to every trainer (``devices=2,
-    strategy="ddp"`` inside a 2-process group)."""
-    kwargs = dict(corruption=corruption, **trainer_kwargs)
+    ``corruption`` (the method's default when ``None``) on batches of ``batch_size`` images,
+    decoded into ``cache_dir`` (``tmp_path / "cache"`` when ``None``). Returns both final models
+    and the checkpoint written at ``stop``. ``trainer_kwargs`` go to every trainer
+    (``devices=2, strategy="ddp"`` inside a 2-process group)."""
+    kwargs = dict(
+        corruption=corruption, batch_size=batch_size, cache_dir=cache_dir, **trainer_kwargs
+    )
     straight = _fit(make_model, tmp_path / "straight", total, **kwargs)
     _fit(make_model, tmp_path / "first", total, stop=stop, **kwargs)
     (ckpt,) = (tmp_path / "first" / "ckpt").glob("*.ckpt")

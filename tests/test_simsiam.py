@@ -1,23 +1,20 @@
 """SimSiam: the negative-cosine loss against the paper's pseudo-code written as loops, the step
 against its own heads (stop-gradient included), the paper's head shapes, 2 processes against 1,
-a short training on real images, and errors that name the fix."""
+and errors that name the fix."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from ssl_lightning.corruptions import normalize
-from ssl_lightning.datamodules import Batch, ImageFolderDataModule, SimCLRViews
+from ssl_lightning.datamodules import Batch, SimCLRViews
 from ssl_lightning.losses.similarity import simsiam_loss
 from ssl_lightning.methods.simsiam import SimSiam
 from tests.distributed_utils import run_distributed
-from tests.helpers import SAMPLE, tiny_trainer
 
 TINY: dict[str, Any] = {
     "backbone": "convnet",
@@ -154,27 +151,6 @@ def test_two_ranks_with_half_the_batch_each_equal_one_process() -> None:
     for i, full_grad in enumerate((p1.grad, p2.grad)):
         ddp_grad = torch.cat([r["grads"][i] for r in results]) / WORLD
         torch.testing.assert_close(ddp_grad, full_grad)
-
-
-def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = SimSiam(**TINY, optimizer="adamw", lr=0.1, weight_decay=0.0)
-    dm = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path)
-    dm.setup("fit")
-    assert dm.train_set is not None
-    images = dm.train_set.images[:32].float() / 255
-    fixed = SimCLRViews()(images, dm.train_set.labels[:32], torch.Generator().manual_seed(1))
-    fixed = fixed.map_images(lambda t: normalize(t, dm.mean, dm.std))
-
-    def loss() -> float:
-        model.train()
-        with torch.no_grad():
-            return model.pretext_step(fixed).loss.item()
-
-    before = loss()
-    tiny_trainer(tmp_path, max_steps=10, limit_val_batches=0).fit(model, dm)
-    assert isinstance(dm.train_corruption(), SimCLRViews)
-    assert loss() < before - 0.1  # measured: -0.02 -> -0.23
 
 
 def test_bad_arguments_and_batches_name_the_fix() -> None:

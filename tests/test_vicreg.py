@@ -1,20 +1,18 @@
-"""VICReg: the loss against a per-element loop, the method's step, exact resume, 2 processes
-against 1, and training on real images."""
+"""VICReg: the loss against a per-element loop, the method's step, the defaults, 2 processes
+against 1, and errors that name the fix (resume and training on real images:
+test_method_contract.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from ssl_lightning import VICReg
-from ssl_lightning.datamodules import Batch, BYOLViews, ImageFolderDataModule, ViewTransform
+from ssl_lightning.datamodules import Batch, BYOLViews
 from ssl_lightning.losses import vicreg_loss
 from tests.distributed_utils import run_distributed
-from tests.helpers import SAMPLE, tiny_trainer
-from tests.resume_utils import assert_same_state, straight_and_resumed
 
 TINY = {
     "backbone": "convnet",
@@ -22,10 +20,6 @@ TINY = {
     "proj_hidden_dim": 32,
     "proj_output_dim": 16,
 }
-SMALL_VIEWS = BYOLViews(
-    view1=ViewTransform(size=16, blur_p=1.0),
-    view2=ViewTransform(size=16, blur_p=0.1, solarize_p=0.2),
-)
 WORLD = 2
 
 
@@ -183,39 +177,6 @@ def test_step_is_the_loss_of_its_projections_with_one_backbone_pass() -> None:
     torch.testing.assert_close(out.metrics, vicreg_loss(z1, z2, 3.0, 2.0, 5.0)[1])
     assert out.features.shape == (12, model.num_features)
     assert out.labels.tolist() == list(range(6)) * 2
-
-
-def test_resume_from_a_checkpoint_continues_exactly(tmp_path: Path) -> None:
-    straight, resumed, ckpt = straight_and_resumed(
-        lambda: VICReg(**TINY, lr=0.5), tmp_path, total=6, stop=3, corruption=SMALL_VIEWS
-    )
-    assert_same_state(straight, resumed)
-    expected = straight.state_dict()
-    halfway = torch.load(ckpt, weights_only=False)["state_dict"]
-    assert not all(torch.equal(halfway[key], value) for key, value in expected.items())
-
-
-def test_few_steps_on_real_images_lower_the_loss(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = VICReg(**TINY, optimizer="adamw", lr=2e-2, weight_decay=0.0, warmup_epochs=0)
-    dm = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path, corruption=SMALL_VIEWS)
-    dm.setup("fit")
-    assert dm.train_set is not None
-    images = dm.train_set.images[:32].float() / 255
-    fixed = SMALL_VIEWS(images, dm.train_set.labels[:32], torch.Generator().manual_seed(1))
-
-    def loss() -> float:
-        model.train()
-        with torch.no_grad():
-            return model.pretext_step(fixed).loss.item()
-
-    before = loss()
-    trainer = tiny_trainer(tmp_path, max_steps=15)
-    trainer.fit(model, dm)
-    assert loss() < 0.9 * before
-    assert {"train/invariance", "train/variance", "train/covariance"} <= set(
-        trainer.callback_metrics
-    )
 
 
 def test_bad_arguments_name_the_fix() -> None:
