@@ -12,9 +12,10 @@ import torch
 from ssl_lightning.corruptions import normalize
 from ssl_lightning.datamodules import Batch
 from ssl_lightning.methods import SSLMethod
-from tests.test_method_contract import (  # noqa: F401  (sample_images: a fixture)
+from tests.test_method_contract import (  # noqa: F401  (cache_dir, sample_images: fixtures)
     METHODS,
     TINY_BACKBONES,
+    cache_dir,
     sample_images,
 )
 
