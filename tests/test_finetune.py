@@ -80,7 +80,7 @@ def test_linear_evaluation_with_layer_decay_sets_the_optimizer_rates(tmp_path: P
     assert all(initial[id(p)] == pytest.approx(0.01) for p in model.head.parameters())
 
 
-def test_fine_tune_trains_the_pretrained_backbone_and_a_seeded_scratch_one(
+def test_fine_tune_counts_its_steps_and_a_scratch_run_repeats_with_its_seed(
     simclr_checkpoint: tuple[Path, object],  # noqa: F811
     tmp_path: Path,
 ) -> None:

@@ -4,8 +4,9 @@
 ``CIFAR10DataModule``) or, for a user's own subclass, by import path (``mypackage.MyMethod``,
 importable from the working directory).
 ``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file;
-``ssl-lightning evaluate MODEL... --data-dir DIR`` runs the fast frozen evaluation of checkpoints
-or weights files (:mod:`ssl_lightning.cli.evaluate`).
+``ssl-lightning evaluate MODEL... --data-dir DIR`` runs the fast frozen evaluation (or, with
+``--fine-tune``, the fine-tuning) of checkpoints or weights files
+(:mod:`ssl_lightning.cli.evaluate`).
 
 Every run writes its checkpoints atomically, saves one at the end of fit and reads them with
 ``weights_only=True`` (:mod:`ssl_lightning.cli.run_files`); a configuration error prints the
@@ -35,8 +36,9 @@ EPILOG = (
     "export: `ssl-lightning export CHECKPOINT OUT.pt [--overwrite]` writes the backbone of an "
     "SSL checkpoint as a weights file for create_backbone(name, weights=OUT.pt) "
     "(`ssl-lightning export --help` for details). evaluate: `ssl-lightning evaluate MODEL... "
-    "--data-dir DIR [--random-init] [--stages all]` fits a linear and a kNN classifier on "
-    "frozen features (`ssl-lightning evaluate --help`)."
+    "--data-dir DIR [--random-init] [--stages all] [--label-fraction 0.1]` fits a linear and "
+    "a kNN classifier on frozen features, or with --fine-tune --steps N trains the whole "
+    "backbone (`ssl-lightning evaluate --help`)."
 )
 
 

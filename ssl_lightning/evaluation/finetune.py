@@ -76,8 +76,11 @@ def fine_tune(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps} (set --steps)")
-    name, kwargs = (source.name, source.kwargs) if source is not None else backbone or ("", {})
-    if not name:
+    if source is not None:
+        name, kwargs = source.name, source.kwargs
+    elif backbone is not None:
+        name, kwargs = backbone
+    else:
         raise ValueError("fine_tune needs a pretrained source or a backbone (name, kwargs)")
     L.seed_everything(seed, verbose=False)
     data.setup("fit")

@@ -19,16 +19,16 @@ __all__ = [
 
 
 def check_views(
-    batch: Batch, method: str, corruption: str, minimum: int = 2, exact: bool = True, what: str = ""
+    batch: Batch, method: str, corruption: str, exact: bool = True, what: str = ""
 ) -> None:
-    """Raises unless ``batch`` holds ``minimum`` views per image (at least ``minimum`` when
-    not ``exact``), naming the ``corruption`` that makes them; ``what`` says which views."""
+    """Raises unless ``batch`` holds exactly two views per image (at least two when not
+    ``exact``), naming the ``corruption`` that makes them; ``what`` says which views."""
     made = len(batch.views)
-    if made == minimum or (not exact and made > minimum):
+    if made == 2 or (not exact and made > 2):
         return
     raise ValueError(
-        f"{method} needs {'exactly' if exact else '>='} {minimum} views per image{what}, but "
-        f"the datamodule's corruption made {made}; unset data.corruption to use the method's "
+        f"{method} needs {'exactly' if exact else '>='} 2 views per image{what}, but the "
+        f"datamodule's corruption made {made}; unset data.corruption to use the method's "
         f"default views, or set data.corruption={corruption}"
     )
 
