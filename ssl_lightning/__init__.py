@@ -12,6 +12,7 @@ from ssl_lightning.methods import (
     RotationPrediction,
     SimCLR,
     SimSiam,
+    SparK,
     SSLMethod,
     VICReg,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "SSLMethod",
     "SimCLR",
     "SimSiam",
+    "SparK",
     "VICReg",
     "create_backbone",
     "list_backbones",

@@ -1,4 +1,7 @@
-"""Heads on top of a backbone: projection heads on pooled features, decoders back to pixels."""
+"""Heads on top of a backbone's pooled features: MLPs, projection heads, DINO's head.
+
+The decoders back to pixels live in :mod:`ssl_lightning.decoders`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from ssl_lightning.layers import Block, init_transformer_weights, sincos_pos_embed_2d
 
 
 def mlp(
@@ -160,121 +161,3 @@ class NormalizedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight = F.normalize(self.weight, dim=1)  # [K, D]
         return F.linear(x, weight if self.scale is None else self.scale * weight)
-
-
-class ConvDecoder(nn.Module):
-    """Light convolutional decoder from a backbone's feature map back to image pixels.
-
-    ``log2(upsample_factor)`` stages of a stride-2 4x4 transposed convolution (each doubles the
-    resolution), BatchNorm and ReLU, then a 3x3 convolution to ``out_channels``. The output is
-    linear, to match normalized image targets. Used by conv inpainting
-    (:class:`ssl_lightning.methods.MaskedReconstruction`), in the spirit of the context
-    encoder's up-convolutional decoder (Pathak et al. 2016, arXiv:1604.07379).
-
-    Args:
-        in_channels: channels ``C`` of the feature map (the backbone's ``num_features``).
-        upsample_factor: image size / feature-map size, a power of two (1 = no upsampling).
-        hidden_channels: channels of every upsampling stage.
-        out_channels: output channels (3 for RGB).
-
-    Shapes: ``[B, C, h, w] -> [B, out_channels, h * upsample_factor, w * upsample_factor]``.
-
-    Examples:
-        >>> import torch
-        >>> decoder = ConvDecoder(64, upsample_factor=4, hidden_channels=32)
-        >>> decoder(torch.randn(2, 64, 8, 8)).shape
-        torch.Size([2, 3, 32, 32])
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        upsample_factor: int,
-        hidden_channels: int = 64,
-        out_channels: int = 3,
-    ) -> None:
-        super().__init__()
-        if upsample_factor < 1 or upsample_factor & (upsample_factor - 1):
-            raise ValueError(f"upsample_factor must be a power of two, got {upsample_factor}")
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for _ in range(upsample_factor.bit_length() - 1):
-            layers += [
-                nn.ConvTranspose2d(channels, hidden_channels, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(hidden_channels),
-                nn.ReLU(inplace=True),
-            ]
-            channels = hidden_channels
-        layers.append(nn.Conv2d(channels, out_channels, 3, padding=1))
-        self.layers = nn.Sequential(*layers)
-        self.upsample_factor = upsample_factor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
-class MAEDecoder(nn.Module):
-    """MAE's light transformer decoder: encoded visible tokens + mask tokens -> patch pixels.
-
-    He et al. 2021, arXiv:2111.06377. The encoder's tokens are projected to ``dim``; a shared
-    learned mask token fills every hidden patch position, the visible tokens go back to their
-    own positions, fixed 2D sin-cos positional embeddings are added, and pre-norm blocks and a
-    Linear predict each patch's pixels.
-
-    Args:
-        encoder_dim: width of the encoder tokens ``D_e``.
-        grid_size: patch grid ``(h, w)``; ``N = h * w``.
-        patch_dim: values per patch to predict ``P`` (``patch_size**2 * 3``).
-        dim: decoder width ``D``.
-        depth: decoder blocks.
-        num_heads: attention heads per block.
-        num_prefix_tokens: tokens in front of the patch tokens in the encoder output (the
-            class token); they pass through the decoder without a position.
-
-    Shapes: ``latent [B, prefix + K, D_e]``, ``keep_index [B, K] -> [B, N, P]``.
-
-    Examples:
-        >>> decoder = MAEDecoder(64, (8, 8), 48, dim=32, depth=1, num_heads=2)
-        >>> decoder(torch.randn(2, 1 + 16, 64), torch.randint(64, (2, 16))).shape
-        torch.Size([2, 64, 48])
-    """
-
-    pos_embed: Tensor
-
-    def __init__(
-        self,
-        encoder_dim: int,
-        grid_size: tuple[int, int],
-        patch_dim: int,
-        dim: int = 256,
-        depth: int = 4,
-        num_heads: int = 8,
-        num_prefix_tokens: int = 1,
-    ) -> None:
-        super().__init__()
-        self.num_patches = grid_size[0] * grid_size[1]
-        self.num_prefix_tokens = num_prefix_tokens
-        self.embed = nn.Linear(encoder_dim, dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer(
-            "pos_embed", sincos_pos_embed_2d(*grid_size, dim).unsqueeze(0), persistent=False
-        )  # [1, N, D]
-        self.blocks = nn.ModuleList(Block(dim, num_heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.pred = nn.Linear(dim, patch_dim)
-        init_transformer_weights(self)
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def forward(self, latent: Tensor, keep_index: Tensor) -> Tensor:
-        x = self.embed(latent)  # [B, prefix + K, D]
-        prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
-        batch, _, dim = visible.shape
-        index = keep_index.unsqueeze(-1).expand(-1, -1, dim)  # [B, K, D]
-        # Mask tokens everywhere, then each visible token back at its own patch position (in the
-        # visible tokens' dtype, which autocast may have lowered).
-        mask_tokens = self.mask_token.to(visible.dtype).expand(batch, self.num_patches, dim)
-        tokens = mask_tokens.scatter(1, index, visible)  # [B, N, D]
-        x = torch.cat([prefix, tokens + self.pos_embed], dim=1)  # [B, prefix + N, D]
-        for block in self.blocks:
-            x = block(x)
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens :]  # [B, N, P]

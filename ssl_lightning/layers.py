@@ -20,6 +20,7 @@ __all__ = [
     "Block",
     "init_transformer_weights",
     "mask_to_pixels",
+    "patch_statistics",
     "patchify",
     "sincos_pos_embed_2d",
     "unpatchify",
@@ -132,6 +133,14 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int]) -> Tenso
     c = dim // (p * p)
     x = patches.reshape(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, C, h, p, w, p]
     return x.reshape(b, c, h * p, w * p)
+
+
+def patch_statistics(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Each patch's own mean and std ``[B, N, 1]`` of ``[B, N, P]`` patches (the normalized
+    pixel targets of MAE and SparK: ``(patches - mean) / std``); ``std = sqrt(var + eps)``."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, unbiased=False, keepdim=True)
+    return mean, (var + eps).sqrt()
 
 
 def mask_to_pixels(mask: Tensor, patch_size: int) -> Tensor:

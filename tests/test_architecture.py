@@ -17,6 +17,7 @@ BLOCKS = [
     "layers.py",
     "losses",
     "heads.py",
+    "decoders.py",
     "optim.py",
     "momentum.py",
     "distributed.py",

@@ -19,6 +19,7 @@ from ssl_lightning.evaluation import LinearEvaluation, fine_tune
 from ssl_lightning.export import BackboneCheckpoint
 from ssl_lightning.optim import layer_decay_groups, layer_depths
 from tests.helpers import SAMPLE, tiny_trainer
+from tests.resume_utils import assert_same_state, straight_and_resumed
 from tests.test_evaluation import simclr_checkpoint  # noqa: F401  (a shared fixture)
 
 
@@ -136,3 +137,35 @@ def test_evaluate_fine_tune_writes_rows_beside_the_scratch_baseline(
     main(args)
     frozen = json.loads(out.read_text().splitlines()[-1])
     assert frozen["protocol"] == "frozen" and frozen["stages"] == "last"
+
+
+def test_a_fine_tune_checkpoint_round_trips_and_resumes_exactly(tmp_path: Path) -> None:
+    """Fine-tuning with layer decay, stopped after 2 of 4 steps and resumed from its checkpoint,
+    ends where an uninterrupted run does; the checkpoint alone rebuilds the model with its
+    protocol (fine-tune, layer decay) and predicts as the saved weights do."""
+
+    def make() -> LinearEvaluation:
+        return LinearEvaluation(
+            backbone="convnet",
+            backbone_kwargs={"width": 4},
+            num_classes=10,
+            fine_tune=True,
+            layer_decay=0.7,
+            optimizer="adamw",
+            lr=1e-2,
+            scale_lr=False,
+        )
+
+    straight, resumed, ckpt = straight_and_resumed(make, tmp_path, total=4, stop=2)
+    assert_same_state(straight, resumed)
+    restored = LinearEvaluation.load_from_checkpoint(ckpt)
+    assert restored.fine_tune and restored.layer_decay == 0.7 and restored.num_classes == 10
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    for key, value in restored.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+    images = torch.randn(4, 3, 32, 32)
+    halfway = make()
+    halfway.load_state_dict(saved)
+    restored.eval(), halfway.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), halfway(images))

@@ -9,7 +9,7 @@ from ssl_lightning import MaskedReconstruction
 from ssl_lightning.cli import main
 from ssl_lightning.corruptions.recipes import crop_flip_view
 from ssl_lightning.datamodules import Batch, CleanView, ImageFolderDataModule, PatchMask, Rotations
-from ssl_lightning.heads import ConvDecoder
+from ssl_lightning.decoders import ConvDecoder
 from ssl_lightning.losses import reconstruction_loss
 from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
 

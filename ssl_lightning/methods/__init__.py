@@ -11,6 +11,7 @@ from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.methods.rotation import RotationPrediction
 from ssl_lightning.methods.simclr import SimCLR
 from ssl_lightning.methods.simsiam import SimSiam
+from ssl_lightning.methods.spark import SparK
 from ssl_lightning.methods.vicreg import VICReg
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SSLMethod",
     "SimCLR",
     "SimSiam",
+    "SparK",
     "StepOutput",
     "VICReg",
     "method_classes",

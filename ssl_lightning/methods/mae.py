@@ -9,8 +9,14 @@ from torch import Tensor, nn
 
 from ssl_lightning.corruptions import Batch, Corruption, PatchMask
 from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
-from ssl_lightning.heads import MAEDecoder
-from ssl_lightning.layers import mask_to_pixels, patchify, unpatchify, visible_index
+from ssl_lightning.decoders import MAEDecoder
+from ssl_lightning.layers import (
+    mask_to_pixels,
+    patch_statistics,
+    patchify,
+    unpatchify,
+    visible_index,
+)
 from ssl_lightning.losses import reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
@@ -43,7 +49,7 @@ class MAE(SSLMethod):
     The encoder is a ViT from the registry (``vit_tiny``, ``vit_small``) that encodes only the
     visible patches (``forward_tokens(images, keep_index)``); the mask comes from
     :class:`~ssl_lightning.corruptions.PatchMask` with the ViT's patch size. A
-    :class:`~ssl_lightning.heads.MAEDecoder` fills the hidden positions with a mask token and
+    :class:`~ssl_lightning.decoders.MAEDecoder` fills the hidden positions with a mask token and
     predicts every patch. The features handed to callbacks come from an extra no-grad pass of
     the encoder over all patches of the clean images, as evaluation sees them.
 
@@ -148,9 +154,8 @@ class MAE(SSLMethod):
         patches = patchify(images, self.patch_size)  # [B, N, P]
         if not self.norm_pix_loss:
             return patches
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, unbiased=False, keepdim=True)
-        return (patches - mean) / (var + 1e-6).sqrt()
+        mean, std = patch_statistics(patches)
+        return (patches - mean) / std
 
     def reconstruct_patches(self, images: Tensor, mask: Tensor) -> Tensor:
         """Decoder predictions ``[B, N, p*p*3]`` from the visible patches of ``images``.
@@ -177,9 +182,8 @@ class MAE(SSLMethod):
         mask, clean = self._check_batch(batch)
         pred = self.reconstruct_patches(batch.views[0], mask)  # [B, N, P]
         if self.norm_pix_loss:  # back to pixels with each patch's own statistics
-            patches = patchify(clean, self.patch_size)
-            std = (patches.var(dim=-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
-            pred = pred * std + patches.mean(dim=-1, keepdim=True)
+            mean, std = patch_statistics(patchify(clean, self.patch_size))
+            pred = pred * std + mean
         pred_images = unpatchify(pred, self.patch_size, self.grid_size)  # [B, 3, H, W]
         hidden = mask_to_pixels(mask.view(-1, *self.grid_size), self.patch_size)
         return {

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ssl_lightning.corruptions import Batch, Corruption, PatchMask
 from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
 from ssl_lightning.corruptions.recipes import crop_flip_view
-from ssl_lightning.heads import ConvDecoder
+from ssl_lightning.decoders import ConvDecoder
 from ssl_lightning.layers import mask_to_pixels
 from ssl_lightning.losses import LossKind, reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
@@ -38,7 +38,7 @@ class MaskedReconstruction(SSLMethod):
     (``|.|`` with ``loss="l1"``; every pixel with ``masked_only=False``), in normalized pixels.
 
     The encoder is any backbone whose ``forward_features`` returns a map ``[B, C, h, w]`` with
-    ``image_size / h`` a power of two; a :class:`~ssl_lightning.heads.ConvDecoder` upsamples it
+    ``image_size / h`` a power of two; a :class:`~ssl_lightning.decoders.ConvDecoder` upsamples it
     back to the image. The features handed to callbacks (linear probe, kNN) come from an extra
     no-grad pass of the backbone over the *clean* images, so monitoring sees the same kind of
     input as evaluation; BatchNorm layers also see that pass in training mode.
