@@ -29,7 +29,8 @@ class EmbeddingMonitor(L.Callback):
     one process computes on those rows concatenated. Logs ``<prefix>/val_<name>`` per
     validation and ``test/<prefix>_<name>`` in ``trainer.test``; with ``every_n_train_steps``,
     also ``<prefix>/train_<name>`` every that many optimizer steps, over the newest training
-    step features (augmented views). The monitor holds no state between validations.
+    step features (augmented views, synced every N steps only; the window is not checkpointed,
+    as the kNN monitor's augmented bank is not).
 
     Args:
         max_samples: most rows over all ranks; ``None`` keeps all.
