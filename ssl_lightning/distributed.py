@@ -63,6 +63,15 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x / dist.get_world_size()
 
 
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks (a new tensor, no gradient); ``x`` itself on one process."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
 def gather_variable(x: Tensor) -> Tensor:
     """Concatenates ``x`` ``[n_r, ...]`` from all ranks in rank order, ``n_r`` may differ.
 

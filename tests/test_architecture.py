@@ -25,6 +25,7 @@ BLOCKS = [
     "splits.py",
     "export.py",
     "knn.py",
+    "collapse.py",
     "labels.py",
 ]
 UPPER = ("ssl_lightning.methods", "ssl_lightning.datamodules", "ssl_lightning.callbacks")
