@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,12 @@ def center_square(image: Tensor, size: int) -> Tensor:
     return y[0]  # [3, size, size]
 
 
+def _decode(data: Tensor | list[Tensor], device: torch.device) -> Any:
+    with warnings.catch_warnings():  # torchvision 0.29 marks its decoders as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
 def _message(err: Exception) -> str:
     # torchvision's messages start with its source file and line: keep the reason only.
     return str(err).rsplit(", ", 1)[-1]
@@ -76,13 +83,13 @@ def decode_batch(
     """
     device = torch.device(device)
     try:
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        decoded = _decode(data, device)
         kept = list(range(len(data)))
     except RuntimeError:  # one bad file fails the whole call: find it
         decoded, kept = [], []
         for i, jpeg in enumerate(data):
             try:
-                decoded.append(decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device))
+                decoded.append(_decode(jpeg, device))
             except RuntimeError as err:
                 reason = f"cannot decode {describe(i)}: {_message(err)}"
                 if not skip_bad_files:
