@@ -6,7 +6,8 @@ importable from the working directory).
 ``ssl-lightning export CHECKPOINT OUT.pt`` writes a checkpoint's backbone as a weights file;
 ``ssl-lightning evaluate MODEL... --data-dir DIR`` runs the fast frozen evaluation (or, with
 ``--fine-tune``, the fine-tuning) of checkpoints or weights files
-(:mod:`ssl_lightning.cli.evaluate`).
+(:mod:`ssl_lightning.cli.evaluate`); ``ssl-lightning prepare DIR OUT --size 256`` writes an
+image folder as JPEG shards for ``--data.storage jpeg`` (:mod:`ssl_lightning.cli.prepare`).
 
 Every run writes its checkpoints atomically, saves one at the end of fit and reads them with
 ``weights_only=True`` (:mod:`ssl_lightning.cli.run_files`); a configuration error prints the
@@ -28,7 +29,7 @@ import ssl_lightning.callbacks
 import ssl_lightning.datamodules
 import ssl_lightning.evaluation  # registers LinearEvaluation for --model short names
 import ssl_lightning.methods  # noqa: F401  (registers the methods for --model short names)
-from ssl_lightning.cli import evaluate, export
+from ssl_lightning.cli import evaluate, export, prepare
 from ssl_lightning.cli.errors import CleanErrorParser, exit_on_user_error
 from ssl_lightning.cli.run_files import read_checkpoint, remove_failed_run_log, run_file_defaults
 
@@ -38,7 +39,9 @@ EPILOG = (
     "(`ssl-lightning export --help` for details). evaluate: `ssl-lightning evaluate MODEL... "
     "--data-dir DIR [--random-init] [--stages all] [--label-fraction 0.1]` fits a linear and "
     "a kNN classifier on frozen features, or with --fine-tune --steps N trains the whole "
-    "backbone (`ssl-lightning evaluate --help`)."
+    "backbone (`ssl-lightning evaluate --help`). prepare: `ssl-lightning prepare DIR OUT "
+    "--size 256` writes an image folder as JPEG shards, decoded batch by batch when training "
+    "with --data.data_dir OUT (`ssl-lightning prepare --help`)."
 )
 
 
@@ -89,6 +92,9 @@ def main(args: list[str] | None = None, clean_errors: bool | None = None) -> Non
         return
     if argv and argv[0] == "evaluate":
         evaluate.main(argv[1:])
+        return
+    if argv and argv[0] == "prepare":
+        prepare.main(argv[1:])
         return
     if clean_errors is None:
         clean_errors = args is None

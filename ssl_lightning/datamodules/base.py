@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ssl_lightning.corruptions import Batch, CleanView, Corruption, PretextModel, normalize
 from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch
@@ -50,11 +50,9 @@ class InMemoryDataModule(L.LightningDataModule):
         batch_size: images per batch and per process.
         corruption: training corruption; ``None`` uses the model's default.
         seed: augmentation and shuffle seed; ``None`` takes the global seed (``seed_everything``).
-        num_workers: loader worker processes; batches are one tensor index, so 0 is usually
-            fastest.
+        num_workers: loader worker processes (0 suits uint8 batches: one tensor index each).
         val_fraction: share of the training images to hold out for validation, in ``[0, 1)``.
-        split_seed: seed of the hold-out choice and of the validation order, independent of
-            ``seed``.
+        split_seed: seed of the hold-out choice and of the validation order (not ``seed``).
         predict_split: the split ``trainer.predict`` embeds (clean images, in order):
             ``"train"``, ``"val"`` (the validation set) or ``"test"`` (the dataset's own test
             split, which ``trainer.test`` scores too).
@@ -115,6 +113,16 @@ class InMemoryDataModule(L.LightningDataModule):
         """Returns ``(images uint8 [N, 3, H, W], labels int64 [N])`` of a split, or ``None``."""
         raise NotImplementedError
 
+    def make_dataset(self, images: Any, labels: Tensor, rows: Tensor | None) -> InMemoryDataset:
+        """The dataset of ``rows`` of a split's ``images`` (what :meth:`load_split` returned:
+        a uint8 tensor here; a subclass with another storage serves its own)."""
+        return InMemoryDataset(images, labels, rows=rows)
+
+    def train_loader_dataset(self) -> Dataset[Any]:
+        """What the training loader indexes: the training set (a subclass may encode it)."""
+        assert self.train_set is not None, "call setup() first"
+        return self.train_set
+
     @property
     def num_classes(self) -> int:
         """Number of classes (0 when unlabeled)."""
@@ -133,11 +141,11 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} has no training split")
         images, labels = loaded
         if self.val_fraction == 0.0:
-            self.train_set = InMemoryDataset(images, labels, rows=self._labelled_share(labels))
+            self.train_set = self.make_dataset(images, labels, self._labelled_share(labels))
             val = self.load_split("val")
             if val is not None:
                 order = class_interleaved(val[1].long(), self.split_seed)
-                self.val_set = InMemoryDataset(*val, rows=order)
+                self.val_set = self.make_dataset(*val, rows=order)
             return
         keep, held = stratified_holdout(labels.long(), self.val_fraction, self.split_seed)
         if held.numel() == 0 or keep.numel() == 0:
@@ -147,11 +155,9 @@ class InMemoryDataModule(L.LightningDataModule):
                 "at least one image"
             )
         share = self._labelled_share(labels[keep])
-        self.train_set = InMemoryDataset(
-            images, labels, rows=keep if share is None else keep[share]
-        )
+        self.train_set = self.make_dataset(images, labels, keep if share is None else keep[share])
         held = held[class_interleaved(labels[held].long(), self.split_seed)]
-        self.val_set = InMemoryDataset(images, labels, rows=held)
+        self.val_set = self.make_dataset(images, labels, rows=held)
         classes = int(torch.unique(labels).numel())
         rank_zero_info(
             f"{type(self).__name__}: held out {held.numel()} of {labels.shape[0]} training "
@@ -186,7 +192,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"{self.batch_size}; lower data.batch_size"
             )
         return ResumableDataLoader(
-            self.train_set,
+            self.train_loader_dataset(),
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(self.train_set, self._resolve_seed()),
             drop_last=True,
@@ -218,7 +224,7 @@ class InMemoryDataModule(L.LightningDataModule):
             loaded = self.load_split("val")
             if loaded is not None:
                 order = class_interleaved(loaded[1].long(), self.split_seed)
-                self.test_set = InMemoryDataset(*loaded, rows=order)
+                self.test_set = self.make_dataset(*loaded, rows=order)
         return self.test_set
 
     def _eval_loader(

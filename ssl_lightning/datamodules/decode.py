@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -58,6 +59,27 @@ def list_images(split_dir: Path) -> tuple[list[str], list[str], list[int]]:
     return files, classes, labels
 
 
+def list_split(
+    folder: Path, train_classes: list[str] | None = None
+) -> tuple[list[str], list[str], list[int]]:
+    """:func:`list_images`; with ``train_classes`` (a validation split's), labels index them.
+
+    Raises:
+        ValueError: naming the split's classes that are not among ``train_classes``.
+    """
+    files, classes, labels = list_images(folder)
+    if train_classes is None or not classes:
+        return files, classes, labels
+    unknown = sorted(set(classes) - set(train_classes))
+    if unknown:
+        raise ValueError(
+            f"{folder} has classes not in train/: {unknown[:5]}; the validation split must use "
+            "the training class names"
+        )
+    to_train = [train_classes.index(c) for c in classes]
+    return files, train_classes, [to_train[label] for label in labels]
+
+
 def find_images(split_dir: Path) -> tuple[list[Path], list[str], list[int]]:
     """Lists ``split_dir/<class>/**/<image>``: sorted files, sorted class names, label per file.
 
@@ -67,7 +89,7 @@ def find_images(split_dir: Path) -> tuple[list[Path], list[str], list[int]]:
     return [Path(f) for f in files], classes, labels
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode as RGB; 16-bit grayscale keeps its top 8 bits instead of clipping at 255."""
     if img.mode.startswith("I;16") or img.mode == "I":
         high = np.asarray(img).astype(np.int64).clip(0, 65535) >> 8
@@ -89,7 +111,7 @@ def decode_image(path: str | Path, size: tuple[int, int] | None) -> np.ndarray:
         with Image.open(path) as img:
             if size is not None:
                 img.draft("RGB", (size[1], size[0]))  # JPEG: decode at reduced scale when possible
-            img = _to_rgb(img)
+            img = to_rgb(img)
             if size is not None and img.size != (size[1], size[0]):
                 scale = max(size[0] / img.height, size[1] / img.width)
                 new_w, new_h = (
@@ -146,6 +168,38 @@ def decode_images(
         for _ in tqdm(pool.map(load, range(len(files))), total=len(files), desc=desc, unit="img"):
             pass
     return sorted(bad)
+
+
+def first_size(files: list[str], skip_bad_files: bool) -> tuple[int, int]:
+    """``(height, width)`` of the first image that can be opened (a bad one is an error
+    unless ``skip_bad_files``)."""
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                return (img.height, img.width)
+        except DECODE_ERRORS as err:
+            if not skip_bad_files:
+                raise ValueError(f"cannot decode image {path}: {err}") from err
+    raise ValueError(f"none of the {len(files)} images could be decoded ({files[0]}, ...)")
+
+
+def report_bad_files(folder: Path, files: list[str], skip_bad_files: bool) -> list[Path]:
+    """Raises an error naming the first files that cannot be decoded, or with
+    ``skip_bad_files`` warns (listing up to 20) and returns them all."""
+    bad = [Path(f) for f in files]
+    if not skip_bad_files:
+        raise ValueError(
+            f"{len(bad)} image(s) under {folder} cannot be decoded (a cache made with "
+            f"skip_bad_files=True lists them): {', '.join(map(str, bad[:5]))}; fix or "
+            "remove them, or set data.skip_bad_files=true"
+        )
+    shown = "\n  ".join(map(str, bad[:20]))
+    more = f"\n  ... and {len(bad) - 20} more (all in skipped_files)" if len(bad) > 20 else ""
+    rank_zero_warn(
+        f"skipped {len(bad)} image(s) under {folder} that cannot be decoded "
+        f"(skip_bad_files=True):\n  {shown}{more}"
+    )
+    return bad
 
 
 def drop_rows_(images: Tensor, drop: list[int]) -> Tensor:

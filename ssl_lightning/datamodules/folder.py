@@ -11,38 +11,35 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from PIL import Image
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ssl_lightning.corruptions import Corruption
 from ssl_lightning.datamodules.base import InMemoryDataModule, PredictSplit, Split
+from ssl_lightning.datamodules.dataset import InMemoryDataset
 from ssl_lightning.datamodules.decode import (
-    DECODE_ERRORS,
     IMAGE_EXTENSIONS,
     decode_images,
     drop_rows_,
-    list_images,
+    first_size,
+    list_split,
+    report_bad_files,
 )
 from ssl_lightning.datamodules.image_cache import (
     cache_path,
     create_mapped,
     default_cache_dir,
+    default_memory_budget_gb,
     read_cache,
     write_cache,
 )
-
-
-def default_memory_budget_gb() -> float:
-    """Half of the machine's physical memory, in GB (10^9 bytes)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8.0
-    return total / 2 / 1e9
+from ssl_lightning.datamodules.shard_dataset import EncodedJpegs, ShardDataset, open_split
+from ssl_lightning.datamodules.shards import MANIFEST, JpegShards
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -56,7 +53,8 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     Images that do not fit in ``memory_budget_gb`` stay on disk: they are decoded straight
     into the cache file and memory-mapped from it (the operating system pages them in as
-    batches touch them), so folders larger than RAM train instead of failing.
+    batches touch them), so folders larger than RAM train instead of failing. At cluster
+    scale, ``storage="jpeg"`` decodes each batch from JPEG shards instead (nothing before).
 
     Args:
         data_dir: root folder holding ``train/`` and optionally ``test/`` or ``val/``.
@@ -82,7 +80,14 @@ class ImageFolderDataModule(InMemoryDataModule):
         memory_budget_gb: most decoded bytes (10^9) to hold in RAM per process, train and
             validation together; beyond it splits are memory-mapped. ``None`` = half the RAM.
         skip_bad_files: skip files that cannot be decoded (listed in a warning and in
-            ``skipped_files``) instead of raising an error that names the first one.
+            ``skipped_files``; with shards, left out of their batch with a warning naming the
+            shard, index and file) instead of raising an error that names the first one.
+        storage: ``"uint8"`` (the cache above), ``"jpeg"`` (``data_dir`` holds shards of
+            ``ssl-lightning prepare``; each batch is decoded to center squares of side
+            ``image_size``, default the stored size), ``None``: jpeg for shards, else uint8.
+        decode: where JPEG training batches are decoded: ``"loader"`` (CPU, loader workers:
+            set ``num_workers``), ``"device"`` (the training device after the transfer: nvJPEG
+            on a GPU) or ``"auto"`` (the device if it is a GPU, else the loader).
 
     Examples:
         >>> dm = ImageFolderDataModule("path/to/images", image_size=64, batch_size=256)
@@ -107,6 +112,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         label_fraction: float = 1.0,
         memory_budget_gb: float | None = None,
         skip_bad_files: bool = False,
+        storage: Literal["uint8", "jpeg"] | None = None,
+        decode: Literal["auto", "loader", "device"] = "auto",
     ) -> None:
         super().__init__(
             batch_size,
@@ -120,6 +127,11 @@ class ImageFolderDataModule(InMemoryDataModule):
         )
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
+        if storage not in (None, "uint8", "jpeg") or decode not in ("auto", "loader", "device"):
+            raise ValueError(
+                f"storage={storage!r}, decode={decode!r}: expected data.storage uint8, jpeg or "
+                "null, and data.decode auto, loader or device"
+            )
         if memory_budget_gb is not None and memory_budget_gb < 0:
             raise ValueError(
                 f"memory_budget_gb={memory_budget_gb!r} is invalid: expected >= 0 (0 maps "
@@ -133,10 +145,12 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.decode_workers = decode_workers or os.cpu_count() or 1
         self.memory_budget_gb = memory_budget_gb
         self.skip_bad_files = skip_bad_files
+        self.storage, self.decode = storage, decode
         self.classes: list[str] = []
         self.skipped_files: list[Path] = []
         self.memory_mapped: dict[Split, bool] = {}
         self._bytes_in_memory = 0
+        self._stored_size = 0
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +164,13 @@ class ImageFolderDataModule(InMemoryDataModule):
         return next((self.data_dir / n for n in names if (self.data_dir / n).is_dir()), None)
 
     def load_split(self, split: Split) -> tuple[Tensor, Tensor] | None:
+        if self.resolved_storage() == "jpeg":
+            opened = open_split(self.data_dir, split)
+            if opened is None:
+                return None
+            shards, self.classes, stored = opened
+            self._stored_size = self._stored_size or stored  # validation decodes as training
+            return shards, shards.labels  # type: ignore[return-value]
         folder = self.split_dir(split)
         if folder is None:
             if split == "val":
@@ -162,7 +183,7 @@ class ImageFolderDataModule(InMemoryDataModule):
                 f"no train/ folder in data_dir={str(self.data_dir)!r}; expected "
                 f"{self.data_dir}/train/<class>/<image> (and optionally test/ or val/)"
             )
-        files, classes, labels = list_images(folder)
+        files, classes, labels = list_split(folder, None if split == "train" else self.classes)
         if not files:
             raise ValueError(
                 f"no images found under {folder} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
@@ -170,17 +191,8 @@ class ImageFolderDataModule(InMemoryDataModule):
             )
         if split == "train":
             self.classes = classes
-        elif classes:
-            unknown = sorted(set(classes) - set(self.classes))
-            if unknown:
-                raise ValueError(
-                    f"{folder} has classes not in train/: {unknown[:5]}; the validation split "
-                    "must use the training class names"
-                )
-            to_train = [self.classes.index(c) for c in classes]
-            labels = [to_train[label] for label in labels]
-
-        size = self._target_size(files)
+        side = self.image_size
+        size = (side, side) if side else first_size(files, self.skip_bad_files)
         nbytes = len(files) * 3 * size[0] * size[1]
         in_memory = nbytes <= self._memory_budget_bytes() - self._bytes_in_memory
         self.memory_mapped[split] = not in_memory
@@ -191,7 +203,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         else:
             images, bad = loaded
         if bad:
-            self._report_bad_files(folder, [Path(files[i]) for i in bad])
+            self.skipped_files += report_bad_files(
+                folder, [files[i] for i in bad], self.skip_bad_files
+            )
             dropped = set(bad)
             labels = [label for i, label in enumerate(labels) if i not in dropped]
         if in_memory:
@@ -200,25 +214,45 @@ class ImageFolderDataModule(InMemoryDataModule):
             rank_zero_info(
                 f"{folder}: {nbytes / 1e9:.2f} GB of decoded images exceed the memory budget "
                 f"({self._memory_budget_bytes() / 1e9:.2f} GB, data.memory_budget_gb): "
-                "memory-mapped from the cache file"
+                "memory-mapped from the cache file (or see `ssl-lightning prepare --help`)"
             )
         return images, torch.as_tensor(labels, dtype=torch.long)
+
+    def resolved_storage(self) -> Literal["uint8", "jpeg"]:
+        """``storage``, or for ``None`` ``"jpeg"`` when ``data_dir`` is a shard folder."""
+        sharded = (self.data_dir / MANIFEST).is_file()
+        if self.storage == "uint8" and sharded:
+            raise ValueError(
+                f"data_dir={str(self.data_dir)!r} holds JPEG shards ({MANIFEST}), not images: "
+                "set data.storage=jpeg (or leave it unset), or point data.data_dir at the images"
+            )
+        return self.storage or ("jpeg" if sharded else "uint8")
+
+    def make_dataset(self, images: Any, labels: Tensor, rows: Tensor | None) -> InMemoryDataset:
+        if not isinstance(images, JpegShards):
+            return super().make_dataset(images, labels, rows)
+        size = self.image_size or self._stored_size
+        return ShardDataset(images, labels, rows, size, self.skip_bad_files)
+
+    def train_loader_dataset(self) -> Dataset[Any]:
+        dataset = super().train_loader_dataset()
+        device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
+        on_device = self.decode == "device" or (self.decode == "auto" and device == "cuda")
+        return dataset.encoded() if isinstance(dataset, ShardDataset) and on_device else dataset
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        images, labels = batch
+        if isinstance(images, EncodedJpegs):  # JPEG bytes: decoded on the training device
+            assert isinstance(self.train_set, ShardDataset)
+            decoded, kept = self.train_set.decode(images, device)
+            return decoded, labels[kept].to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _memory_budget_bytes(self) -> float:
         budget = self.memory_budget_gb
         return (default_memory_budget_gb() if budget is None else budget) * 1e9
-
-    def _target_size(self, files: list[str]) -> tuple[int, int]:
-        if self.image_size is not None:
-            return (self.image_size, self.image_size)
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    return (img.height, img.width)
-            except DECODE_ERRORS as err:
-                if not self.skip_bad_files:
-                    raise ValueError(f"cannot decode image {path}: {err}") from err
-        raise ValueError(f"none of the {len(files)} images could be decoded ({files[0]}, ...)")
 
     def _decode(
         self,
@@ -264,18 +298,3 @@ class ImageFolderDataModule(InMemoryDataModule):
             skipped = [os.path.relpath(files[i], folder) for i in bad]
             write_cache(cache, images, bad, skipped, tmp)
         return images, bad
-
-    def _report_bad_files(self, folder: Path, bad: list[Path]) -> None:
-        if not self.skip_bad_files:
-            raise ValueError(
-                f"{len(bad)} image(s) under {folder} cannot be decoded (a cache made with "
-                f"skip_bad_files=True lists them): {', '.join(map(str, bad[:5]))}; fix or "
-                "remove them, or set data.skip_bad_files=true"
-            )
-        self.skipped_files += bad
-        shown = "\n  ".join(map(str, bad[:20]))
-        more = f"\n  ... and {len(bad) - 20} more (all in skipped_files)" if len(bad) > 20 else ""
-        rank_zero_warn(
-            f"skipped {len(bad)} image(s) under {folder} that cannot be decoded "
-            f"(skip_bad_files=True):\n  {shown}{more}"
-        )

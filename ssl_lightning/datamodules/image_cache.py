@@ -33,6 +33,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "ssl_lightning"
 
 
+def default_memory_budget_gb() -> float:
+    """Half of the machine's physical memory, in GB (10^9 bytes)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8.0
+    return total / 2 / 1e9
+
+
 def cache_path(cache_dir: Path, folder: Path, files: list[str], size: tuple[int, int]) -> Path:
     """The cache file of ``files`` (under ``folder``) decoded to ``size`` (h, w).
 

@@ -8,6 +8,7 @@ the seeds of the shuffle and the per-batch corruption generators.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -82,15 +83,30 @@ class EpochPosition:
         self._pending = (self.epoch, self.batches)
 
 
+class _SkipFirst:
+    """A batch sampler whose next iteration leaves out its first ``skip`` batches of indices."""
+
+    def __init__(self, batches: Any, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.skip = self.skip, 0  # once: persistent workers iterate it again next epoch
+        return itertools.islice(iter(self.batches), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` that continues an epoch where a checkpointed run stopped.
 
     After a restore (:meth:`EpochPosition.load_state_dict`, from the datamodule's state or
     from Lightning's loader state), the first iteration of the same epoch (the sampler's
-    ``epoch``, which Lightning sets before batches are fetched) skips the batches already
-    trained on, so the sampler's order, and with it the rest of the epoch, continues exactly.
-    Skipping costs one tensor index per skipped batch. Lightning's ``DistributedSampler``
-    replacement keeps ``position``.
+    ``epoch``, which Lightning sets before batches are fetched) leaves out the index batches
+    already trained on, so the sampler's order, and with it the rest of the epoch, continues
+    exactly. The skipped batches are never read or decoded: their indices are dropped before
+    they reach the dataset or the workers. Lightning's ``DistributedSampler`` replacement
+    keeps ``position``.
 
     Args:
         *args: ``DataLoader`` arguments.
@@ -101,6 +117,7 @@ class ResumableDataLoader(DataLoader):
     def __init__(self, *args: Any, position: EpochPosition | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position if position is not None else EpochPosition()
+        self._skip = 0
 
     def state_dict(self) -> dict[str, int]:
         return self.position.state_dict()
@@ -108,19 +125,25 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.position.load_state_dict(state_dict)
 
+    @property
+    def _index_sampler(self) -> Any:
+        batches = super()._index_sampler
+        if not self._skip:
+            return batches
+        skip, self._skip = self._skip, 0
+        return _SkipFirst(batches, skip)
+
     # After a restore this returns a generator rather than a _BaseDataLoaderIter; Lightning and
     # torch only ever call next() on the iterator.
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        iterator = super().__iter__()
-        return self._resumed(iterator) if self.position.has_pending() else iterator
+        return self._resumed() if self.position.has_pending() else super().__iter__()
 
-    def _resumed(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        # A generator: this runs at the first batch, after Lightning's set_epoch. An iterator
-        # dropped before its first batch leaves the position pending for the next one.
+    def _resumed(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning's set_epoch, and only then
+        # creates the iterator. One dropped before its first batch leaves the position pending.
         pending = self.position.take_pending()
         if pending is not None:
             epoch, batches = pending
             if getattr(self.sampler, "epoch", None) == epoch and 0 < batches < len(self):
-                for _ in range(batches):
-                    next(iterator)
-        yield from iterator
+                self._skip = batches
+        yield from super().__iter__()
