@@ -186,9 +186,10 @@ def test_the_loss_is_the_normalized_unit_error_over_the_hidden_units() -> None:
     ("name", "kwargs", "size", "unit"),
     [
         ("resnet18", {"width": 4}, 32, 8),  # CIFAR stem: stride 8, 4x4 units
-        ("convnet", {"width": 4, "depth": 4}, 32, 8),  # stride 16 halved to keep 4x4 units
+        ("convnet", {"width": 4, "depth": 4}, 32, 16),  # stride 16, 2x2 units
         ("convnet", {"width": 4, "depth": 2}, 32, 4),  # stride 4, 8x8 units
-        ("resnet18", {"width": 4, "cifar_stem": False}, 64, 16),  # stride 32 halved twice
+        ("resnet18", {"width": 4, "cifar_stem": False}, 64, 32),  # stride 32, 2x2 units
+        ("resnet18", {"width": 4, "cifar_stem": False}, 32, 16),  # stride 32 halved once
     ],
 )
 def test_the_default_unit_is_the_total_stride(

@@ -50,8 +50,9 @@ class SparK(SSLMethod):
         backbone_kwargs: arguments for the registered backbone.
         image_size: side of the (square) training images.
         patch_size: side of a mask unit. ``None``: the backbone's total stride (SparK's
-            choice: one unit per position of the last map), halved until the image holds at
-            least 4x4 units (a stride-16 CNN on 32-pixel images gets 8-pixel units).
+            choice: one unit per position of the last map; 8 for the CIFAR ResNet-18, 16 for
+            the 4-block ``convnet``), halved only while the image would hold fewer than 2x2
+            units.
         mask_ratio: hidden fraction of the units. The method owns it and the unit size: a
             configured ``data.corruption`` must agree with both.
         decoder_channels: decoder width at the finest stage, doubling per coarser stage.
@@ -96,7 +97,7 @@ class SparK(SSLMethod):
         finest, coarsest = shapes[0][1], shapes[-1][1]
         if patch_size is None:
             patch_size = image_size // coarsest
-            while patch_size > 1 and image_size // patch_size < 4:
+            while patch_size > 1 and image_size // patch_size < 2:
                 patch_size //= 2
         if patch_size < 1 or image_size % patch_size:
             raise ValueError(
