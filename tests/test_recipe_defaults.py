@@ -18,7 +18,7 @@ from ssl_lightning.corruptions import (
     ViewTransform,
 )
 from ssl_lightning.corruptions.recipes import simclr_view, small_image_byol_views
-from ssl_lightning.methods import SimSiam
+from ssl_lightning.methods import EMPSSL, FastSiam, SimSiam
 
 
 def simclr_color_distortion(s: float) -> dict[str, float]:
@@ -125,3 +125,41 @@ def test_multicrop_views_default_to_swav() -> None:
     expected = {**simclr_color_distortion(1.0), "blur_p": 0.5, "flip_p": 0.5}
     assert_fields(corruption.global_view, {**expected, "crop_scale": (0.14, 1.0)})
     assert_fields(corruption.local_view, {**expected, "crop_scale": (0.05, 0.14)})
+
+
+def test_emp_ssl_patches_follow_the_papers_cifar_code() -> None:
+    # EMP-SSL (arXiv:2304.03977), its CIFAR patches: RandomResizedCrop(32, scale=(0.25, 0.25),
+    # ratio=(1, 1)), flip p 0.5, ColorJitter(0.4, 0.4, 0.4, 0.2) with p 0.8, grayscale p 0.2,
+    # blur p 0.1 with sigma in [0.1, 2.0], solarize p 0.1 (PIL's threshold 128); 20 patches.
+    corruption = EMPSSL(backbone="convnet", backbone_kwargs={"width": 4}).default_corruption()
+    assert isinstance(corruption, SimCLRViews) and corruption.num_views == 20
+    expected = {
+        "crop_scale": (0.25, 0.25),
+        "crop_ratio": (1.0, 1.0),
+        "flip_p": 0.5,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.4,
+        "hue": 0.2,
+        "jitter_p": 0.8,
+        "grayscale_p": 0.2,
+        "blur_p": 0.1,
+        "blur_sigma": (0.1, 2.0),
+        "solarize_p": 0.1,
+        "solarize_threshold": 0.5,
+    }
+    assert_fields(corruption.view, expected)
+
+
+def test_fastsiam_trains_on_four_simclr_views() -> None:
+    corruption = FastSiam(backbone="convnet", backbone_kwargs={"width": 4}).default_corruption()
+    assert isinstance(corruption, SimCLRViews) and corruption.num_views == 4
+    assert_fields(corruption.view, {**CROP_AND_FLIP, **simclr_color_distortion(0.5)})
+
+
+@pytest.mark.parametrize("method", [EMPSSL, FastSiam])
+def test_a_many_view_method_owns_its_number_of_views(method: type) -> None:
+    model = method(backbone="convnet", backbone_kwargs={"width": 4}, num_views=6)
+    assert model.default_corruption().num_views == 6
+    with pytest.raises(ValueError, match="model.num_views=6"):
+        model.check_corruption(SimCLRViews(num_views=2))

@@ -71,28 +71,37 @@ def resized_crop(
 
     Args:
         images: ``[B, C, H, W]`` float images.
-        boxes: ``[B, 4]`` int ``(top, left, height, width)`` boxes inside the image.
+        boxes: ``[V * B, 4]`` int ``(top, left, height, width)`` boxes inside the image: one
+            per image, or ``V`` views of the batch, view-major (box ``i`` crops image
+            ``i % B``).
         size: output ``(height, width)``; an int gives a square output (as
             ``RandomResizedCrop`` reads it, not ``F.resize``'s shorter side).
         antialias: low-pass filter when downsampling, as torchvision's default.
-        flip: optional ``[B]`` bool; flips those outputs horizontally at no extra cost by
+        flip: optional ``[V * B]`` bool; flips those outputs horizontally at no extra cost by
             reversing the rows of ``Wx``.
 
     Returns:
-        ``[B, C, size_h, size_w]`` images.
+        ``[V * B, C, size_h, size_w]`` images.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch, channels, height, width = images.shape
+    if boxes.shape[0] % batch:
+        raise ValueError(
+            f"resized_crop needs one box per image or several per image (a multiple of the "
+            f"{batch} images), got {boxes.shape[0]} boxes"
+        )
     boxes = boxes.to(images.device)
-    dtype = images.dtype
-    wy = _resample_matrix(boxes[:, 0], boxes[:, 2], height, out_h, antialias, dtype)  # [B, oh, H]
+    dtype, crops = images.dtype, boxes.shape[0]  # crops = V * B
+    wy = _resample_matrix(boxes[:, 0], boxes[:, 2], height, out_h, antialias, dtype)  # [VB, oh, H]
     wx = _resample_matrix(boxes[:, 1], boxes[:, 3], width, out_w, antialias, dtype, flip)
     # Columns first on the [B, C*H, W] view (no copy), then rows per channel. Both are plain
-    # bmm calls: matmul's broadcasting path over channels is ~10x slower on the CPU.
-    cols = torch.bmm(images.reshape(batch, channels * height, width), wx.transpose(1, 2))
-    cols = cols.view(batch * channels, height, out_w)  # [B*C, H, out_w]
-    wy = wy.unsqueeze(1).expand(-1, channels, -1, -1).reshape(batch * channels, out_h, height)
-    return torch.bmm(wy, cols).view(batch, channels, out_h, out_w)
+    # bmm calls: matmul's broadcasting path over channels is ~10x slower on the CPU. Several
+    # views of a batch read the one input, one bmm per view, rather than V copies of it.
+    flat = images.reshape(batch, channels * height, width)
+    cols = torch.cat([torch.bmm(flat, w.transpose(1, 2)) for w in wx.split(batch)])
+    cols = cols.view(crops * channels, height, out_w)  # [VB*C, H, out_w]
+    wy = wy.unsqueeze(1).expand(-1, channels, -1, -1).reshape(crops * channels, out_h, height)
+    return torch.bmm(wy, cols).view(crops, channels, out_h, out_w)
 
 
 def hflip(images: Tensor, flip: Tensor) -> Tensor:

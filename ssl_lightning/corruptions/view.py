@@ -103,17 +103,26 @@ class ViewTransform:
                 "in [0, 1] (images are in [0, 1] when augmented)."
             )
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Augments every image with its own random parameters.
+    def __call__(self, images: Tensor, generator: torch.Generator, num_views: int = 1) -> Tensor:
+        """Augments every image ``num_views`` times, each view with its own random parameters.
+
+        All views are one batch for every op (one call each, whatever ``num_views``), and the
+        crops read the input without copying it per view; the result equals this transform
+        applied once to ``images.repeat(num_views, 1, 1, 1)``.
 
         Args:
             images: ``[B, 3, H, W]`` float in ``[0, 1]``, on any device.
             generator: CPU generator to draw the parameters from.
+            num_views: views per image (at least 1).
 
         Returns:
-            ``[B, 3, size, size]`` (or ``[B, 3, H, W]``) views in ``[0, 1]``.
+            ``[V * B, 3, size, size]`` (or ``[V * B, 3, H, W]``) views in ``[0, 1]``, view-major:
+            rows ``v * B`` to ``(v + 1) * B`` are view ``v`` of the batch.
         """
-        batch, _, height, width = images.shape
+        if num_views < 1:
+            raise ValueError(f"num_views={num_views!r} is invalid: expected an int >= 1.")
+        _, _, height, width = images.shape
+        batch = num_views * images.shape[0]
         if self.size is not None and self.size > min(height, width):
             raise ValueError(
                 f"view size={self.size} is larger than the {height}x{width} training images; "

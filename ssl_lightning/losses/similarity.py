@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["byol_loss", "simsiam_loss"]
+__all__ = ["byol_loss", "fastsiam_loss", "simsiam_loss"]
 
 
 def byol_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
@@ -70,6 +70,40 @@ def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
         -1.0
     """
     return -(_cosine(p1, z2).mean() + _cosine(p2, z1).mean()) / 2
+
+
+def fastsiam_loss(p: Tensor, z: Tensor) -> Tensor:
+    """FastSiam's loss (Pototzky, Sultan & Schmidt-Thieme 2022, "FastSiam: Resource-Efficient
+    Self-supervised Learning on a Single GPU", DAGM GCPR 2022): SimSiam's negative cosine with
+    ``V`` views, each view's prediction matching the mean of the other views' projections
+    under stop-gradient::
+
+        loss = mean_v D(p_v, mean_{u != v} z_u),   D(p, z) = -mean_b cos(p_b, sg(z_b))
+
+    With two views it is :func:`simsiam_loss`. A target averaged over ``V - 1`` views is less
+    noisy than one view, which is what lets FastSiam learn in few steps with small batches.
+
+    Args:
+        p: ``[V, B, D]`` predictions of the ``V >= 2`` views.
+        z: ``[V, B, D]`` projections of the same views.
+
+    Returns:
+        Scalar loss in ``[-1, 1]``.
+
+    Examples:
+        >>> p, z = torch.randn(2, 8, 16), torch.randn(2, 8, 16)
+        >>> torch.allclose(fastsiam_loss(p, z), simsiam_loss(p[0], p[1], z[0], z[1]))
+        True
+    """
+    if p.ndim != 3 or p.shape != z.shape or p.shape[0] < 2:
+        raise ValueError(
+            f"predictions and projections must both be [V, B, D] with V >= 2 views, got "
+            f"{tuple(p.shape)} and {tuple(z.shape)}"
+        )
+    views = p.shape[0]
+    z = z.detach()
+    others = (z.sum(dim=0, keepdim=True) - z) / (views - 1)  # [V, B, D]
+    return -_cosine(p.flatten(0, 1), others.flatten(0, 1)).mean()
 
 
 def _cosine(p: Tensor, z: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ from ssl_lightning.methods.barlow_twins import BarlowTwins
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.byol import BYOL
 from ssl_lightning.methods.dino import DINO
+from ssl_lightning.methods.emp_ssl import EMPSSL
+from ssl_lightning.methods.fastsiam import FastSiam
 from ssl_lightning.methods.mae import MAE
 from ssl_lightning.methods.masked_reconstruction import MaskedReconstruction
 from ssl_lightning.methods.moco import MoCoV3
@@ -17,8 +19,10 @@ from ssl_lightning.methods.vicreg import VICReg
 __all__ = [
     "BYOL",
     "DINO",
+    "EMPSSL",
     "MAE",
     "BarlowTwins",
+    "FastSiam",
     "MaskedReconstruction",
     "MoCoV3",
     "PretextOutput",

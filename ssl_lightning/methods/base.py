@@ -14,6 +14,7 @@ from ssl_lightning.corruptions import Batch, CleanView, Corruption
 from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least, require_positive
 from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
+from ssl_lightning.methods.passes import embed_in_passes
 from ssl_lightning.methods.schedule import LRScaling, scaled_lr, schedule_length
 from ssl_lightning.optim import (
     OPTIMIZERS,
@@ -64,6 +65,9 @@ class SSLMethod(L.LightningModule):
         scale_lr: ``"linear"``/``True``: ``lr`` x global batch / 256; ``"sqrt"``: x its root.
         channels_last: channels-last memory format; ``None``: on for conv backbones (faster).
         compile: compile the backbone with ``torch.compile``.
+        views_per_pass: the most views of one size embedded in one backbone pass; ``None``
+            embeds each size in one pass. Lower it when ``views x batch`` images do not fit:
+            the passes then run under activation checkpointing (``methods/passes.py``).
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
             step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
             The guard is :attr:`nonfinite` (``check_every``, ``skipped_steps``).
@@ -87,6 +91,7 @@ class SSLMethod(L.LightningModule):
         scale_lr: LRScaling = False,
         channels_last: bool | None = None,
         compile: bool = False,
+        views_per_pass: int | None = None,
         on_nonfinite: NonFinitePolicy = "raise",
     ) -> None:
         super().__init__()
@@ -98,6 +103,8 @@ class SSLMethod(L.LightningModule):
             )
         require_positive(lr=lr)
         require_at_least(0, warmup_epochs=warmup_epochs)
+        if views_per_pass is not None:
+            require_at_least(1, views_per_pass=views_per_pass)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
@@ -110,6 +117,7 @@ class SSLMethod(L.LightningModule):
         self.betas, self.lars_eta = betas, lars_eta
         self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
         self.scale_lr, self.compile_backbone = scale_lr, compile
+        self.views_per_pass = views_per_pass
         self._total_steps: int | None = None
 
     def default_corruption(self) -> Corruption:
@@ -156,16 +164,10 @@ class SSLMethod(L.LightningModule):
 
     def embed_views(self, views: list[Tensor], encoder: nn.Module | None = None) -> Tensor:
         """Pooled features ``[V * B, D]`` of all views in order, by ``encoder`` (the backbone by
-        default); views of one size share one pass: one per resolution for multi-crop."""
+        default); views of one size share one pass (one per resolution for multi-crop), of at
+        most ``views_per_pass`` views."""
         encoder = self.backbone if encoder is None else encoder
-        features, start = [], 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape == views[start].shape:
-                end += 1
-            features.append(encoder(self._memory_format(torch.cat(views[start:end]))))
-            start = end
-        return torch.cat(features)
+        return embed_in_passes(encoder, views, self.views_per_pass, self._memory_format)
 
     def setup(self, stage: str) -> None:
         check_sync_batchnorm(self, stage)  # before DDP fails on it in torch's words
