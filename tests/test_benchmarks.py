@@ -135,3 +135,35 @@ def test_probe_quality_fine_tunes_each_backbone_and_the_scratch_baseline(tmp_pat
         ("SimCLR", 2, 0.5),
     ]
     assert all(0.0 <= r["finetune_top1"] <= 1.0 for r in rows)
+
+
+def _time_to_accuracy(tmp_path: Path, *extra: str) -> list[dict]:
+    from benchmarks import time_to_accuracy
+    from benchmarks.__main__ import SAMPLE
+
+    argv = ["--data-dir", str(SAMPLE), "--method", "FastSiam", "--batch-size", "16"]
+    argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--set", "num_views=3"]
+    argv += ["--set", "proj_hidden_dim=16", "--set", "pred_hidden_dim=8"]
+    return time_to_accuracy.main([*argv, "--out", str(tmp_path / "rows.jsonl"), *extra])
+
+
+def test_time_to_accuracy_evaluates_untrained_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
+    plot = tmp_path / "curve.png"
+    rows = _time_to_accuracy(tmp_path, "--max-steps", "5", "--eval-every", "2", "--plot", str(plot))
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
+    assert rows[0]["train_seconds"] == 0.0
+    assert [r["train_seconds"] for r in rows] == sorted(r["train_seconds"] for r in rows)
+    assert all(r["views"] == 3 and r["set"]["num_views"] == 3 for r in rows)
+    assert all(0.0 <= r["linear_top1"] <= 1.0 and 0.0 <= r["knn_top1"] <= 1.0 for r in rows)
+    assert plot.stat().st_size > 0
+
+
+def test_time_to_accuracy_stops_at_the_target_or_the_time_limit(tmp_path: Path) -> None:
+    at_target = _time_to_accuracy(
+        tmp_path, "--max-steps", "9", "--eval-every", "2", "--target", "0"
+    )
+    assert [r["step"] for r in at_target] == [0, 2]
+    out_of_time = _time_to_accuracy(
+        tmp_path / "limit", "--max-steps", "9", "--eval-every", "5", "--max-minutes", "0"
+    )
+    assert [r["step"] for r in out_of_time] == [0, 1]

@@ -1,0 +1,215 @@
+"""Time to accuracy: one method pretrained with the frozen evaluation every N steps, logged
+against the training wall time, until a target accuracy or a time limit.
+
+Every ``--eval-every`` optimizer steps the training clock stops, the backbone the method exports
+is evaluated frozen (:func:`ssl_lightning.evaluation.evaluate_stages`: features of the clean
+train and test images, a linear classifier and a kNN classifier), and a row goes to ``--out``
+(JSON lines): method, step, training seconds (evaluation excluded), images/s and views/s,
+linear and kNN top-1. The learning-rate schedule spans ``--max-steps``; the run stops there, or
+earlier when the linear top-1 reaches ``--target`` or the training time passes
+``--max-minutes``. ``--plot`` draws every run in ``--out``: accuracy against training minutes,
+one colour per run.
+
+On one GPU (ResNet-18 on CIFAR-10, the documented target: 90 % linear within one GPU-hour)::
+
+    python benchmarks/time_to_accuracy.py --method EMPSSL --backbone resnet18 \
+        --backbone-kwargs '{}' --batch-size 100 --max-steps 15000 --eval-every 500 \
+        --target 0.9 --max-minutes 60 --precision bf16-mixed
+
+On a CPU (the README's 4-block conv net; every row of a run is one evaluation)::
+
+    python benchmarks/time_to_accuracy.py --method SimCLR --max-steps 2000 --eval-every 250 \
+        --set optimizer='"adamw"' --set lr=5e-3 --set weight_decay=1e-4 --label simclr-adamw
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/time_to_accuracy.py` imports its sibling
+
+from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
+from ssl_lightning import methods  # noqa: E402
+from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
+from ssl_lightning.evaluation import evaluate_stages  # noqa: E402
+from ssl_lightning.methods import SSLMethod  # noqa: E402
+
+
+class AccuracyClock(L.Callback):
+    """Evaluates the exported backbone every ``every`` steps on ``data``, timing training only;
+    stops the trainer at ``target`` linear top-1 or after ``max_seconds`` of training."""
+
+    def __init__(
+        self,
+        data: ImageFolderDataModule,
+        every: int,
+        target: float,
+        max_seconds: float,
+        row: dict[str, Any],
+        out: Path,
+    ) -> None:
+        self.data, self.every, self.target, self.max_seconds = data, every, target, max_seconds
+        self.row, self.out = row, out
+        self.trained, self.started = 0.0, 0.0
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.evaluate(trainer, pl_module, 0)  # the untrained network: the curve's first point
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *_: Any) -> None:
+        step = trainer.global_step
+        over_time = self.trained + time.perf_counter() - self.started > self.max_seconds
+        if step % self.every and not over_time and step != trainer.max_steps:
+            return
+        self.trained += time.perf_counter() - self.started
+        self.evaluate(trainer, pl_module, step)
+        self.started = time.perf_counter()
+
+    def evaluate(self, trainer: L.Trainer, model: SSLMethod, step: int) -> None:
+        backbone = getattr(model, model.export_module)
+        was_training = backbone.training
+        result = evaluate_stages(backbone, self.data)["last"]
+        backbone.train(was_training)
+        images = step * self.row["batch_size"]
+        row = {
+            **self.row,
+            "step": step,
+            "train_seconds": round(self.trained, 1),
+            "images_per_s": round(images / max(self.trained, 1e-9), 1),
+            "views_per_s": round(images * self.row["views"] / max(self.trained, 1e-9), 1),
+            "linear_top1": result.linear_top1,
+            "knn_top1": result.knn_top1,
+        }
+        self.rows.append(row)
+        with self.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"  step {step}: {self.trained:.0f} s training, linear {result.linear_top1:.1%}, "
+            f"kNN {result.knn_top1:.1%}",
+            flush=True,
+        )
+        if step and (result.linear_top1 >= self.target or self.trained > self.max_seconds):
+            trainer.should_stop = True
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Pretrains ``args.method`` with the evaluations; returns its rows."""
+    L.seed_everything(args.seed)
+    data = ImageFolderDataModule(args.data_dir, batch_size=args.batch_size, seed=args.seed)
+    data.setup("fit")
+    assert data.train_set is not None
+    epoch_steps = len(data.train_set) // args.batch_size
+    # A warmup of 10 % of the run, as probe_quality.py's (a GPU recipe's epochs of warmup
+    # would cover a short run); --set warmup_epochs=... overrides it.
+    kwargs = {"warmup_epochs": 0.1 * args.max_steps / epoch_steps, **args.set}
+    model = methods.method_classes()[args.method](
+        backbone=args.backbone, backbone_kwargs=args.backbone_kwargs, **kwargs
+    )
+    views = len(
+        model.default_corruption()(
+            torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), torch.Generator()
+        ).views
+    )
+    label = args.label or args.method
+    row = {
+        "run": label,
+        "method": args.method,
+        "set": args.set,
+        "backbone": args.backbone,
+        "backbone_kwargs": args.backbone_kwargs,
+        "batch_size": args.batch_size,
+        "views": views,
+    }
+    clock = AccuracyClock(data, args.eval_every, args.target, 60 * args.max_minutes, row, args.out)
+    trainer = quiet_trainer(
+        accelerator="auto",
+        devices=1,
+        default_root_dir=args.out.parent / label,
+        limit_val_batches=0,
+        max_steps=args.max_steps,
+        callbacks=[clock],
+        precision=args.precision,
+    )
+    trainer.fit(model, data)
+    return clock.rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Linear (solid) and kNN (dashed) top-1 against training minutes, one colour per run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, label in enumerate(dict.fromkeys(r["run"] for r in rows)):
+        mine = sorted((r for r in rows if r["run"] == label), key=lambda r: r["train_seconds"])
+        minutes = [r["train_seconds"] / 60 for r in mine]
+        ax.plot(minutes, [100 * r["linear_top1"] for r in mine], "-o", color=f"C{i}", label=label)
+        ax.plot(minutes, [100 * r["knn_top1"] for r in mine], "--", color=f"C{i}")
+    ax.set_xlabel("training wall time (minutes, evaluations excluded)")
+    ax.set_ylabel("top-1 (%): linear solid, kNN dashed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Runs the command line ``argv`` (``sys.argv`` by default); returns every row of ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
+    parser.add_argument("--method", help="a method class name; leave out to only --plot")
+    parser.add_argument("--label", help="the run's name in --out and the plot (the method's)")
+    parser.add_argument("--backbone", default="convnet")
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={"width": 32, "depth": 4})
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--set",
+        type=lambda s: dict([s.split("=", 1)]),
+        action="append",
+        default=[],
+        help="a method argument as NAME=JSON, e.g. lr=5e-3 or optimizer='\"adamw\"'",
+    )
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
+    parser.add_argument("--target", type=float, default=0.9, help="stop at this linear top-1")
+    parser.add_argument("--max-minutes", type=float, default=60.0, help="training time limit")
+    parser.add_argument(
+        "--max-steps", type=int, default=2000, help="the run's length: its cosine schedule's"
+    )
+    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on a GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, help="draw every run of --out to this PNG")
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmark_logs/time_to_accuracy/results.jsonl")
+    )
+    args = parser.parse_args(argv)
+    args.set = {k: json.loads(v) for d in args.set for k, v in d.items()}
+    if args.method and args.method not in methods.method_classes():
+        parser.error(
+            f"unknown method {args.method!r}; choose from {sorted(methods.method_classes())}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.method:
+        run(args)
+    rows = (
+        [json.loads(line) for line in args.out.read_text().splitlines()]
+        if args.out.exists()
+        else []
+    )
+    if args.plot and rows:
+        plot(rows, args.plot)
+        print(f"plot: {args.plot}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
