@@ -15,7 +15,15 @@ from ssl_lightning.methods.checks import check_sync_batchnorm, require_at_least,
 from ssl_lightning.methods.nonfinite import NonFiniteGuard, NonFinitePolicy
 from ssl_lightning.methods.outputs import PretextOutput, StepOutput
 from ssl_lightning.methods.passes import embed_in_passes
-from ssl_lightning.methods.schedule import LRScaling, scaled_lr, schedule_length
+from ssl_lightning.methods.schedule import (
+    RECIPES,
+    LRScaling,
+    Recipe,
+    announce_schedule,
+    scaled_lr,
+    schedule_length,
+    warmup_steps,
+)
 from ssl_lightning.optim import (
     OPTIMIZERS,
     OptimizerName,
@@ -68,6 +76,9 @@ class SSLMethod(L.LightningModule):
         views_per_pass: the most views of one size embedded in one backbone pass; ``None``
             embeds each size in one pass. Lower it when ``views x batch`` images do not fit:
             the passes then run under activation checkpointing (``methods/passes.py``).
+        recipe: ``"paper"`` (the arguments as given) or ``"budget"``: the method's
+            ``budget_recipe`` replaces those optimizer arguments, and the warmup is 10 % of the
+            run instead of ``warmup_epochs`` (``methods/schedule.py``). Logged at the start.
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
             step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
             The guard is :attr:`nonfinite` (``check_every``, ``skipped_steps``).
@@ -75,6 +86,8 @@ class SSLMethod(L.LightningModule):
 
     export_module: ClassVar[str] = "backbone"
     pretext_settings: ClassVar[dict[str, str]] = {}
+    # The optimizer settings of recipe="budget", measured on short runs (benchmarks/README.md).
+    budget_recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -92,6 +105,7 @@ class SSLMethod(L.LightningModule):
         channels_last: bool | None = None,
         compile: bool = False,
         views_per_pass: int | None = None,
+        recipe: Recipe = "paper",
         on_nonfinite: NonFinitePolicy = "raise",
     ) -> None:
         super().__init__()
@@ -103,6 +117,8 @@ class SSLMethod(L.LightningModule):
             )
         require_positive(lr=lr)
         require_at_least(0, warmup_epochs=warmup_epochs)
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be 'paper' or 'budget', got {recipe!r} (model.recipe)")
         if views_per_pass is not None:
             require_at_least(1, views_per_pass=views_per_pass)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
@@ -117,7 +133,9 @@ class SSLMethod(L.LightningModule):
         self.betas, self.lars_eta = betas, lars_eta
         self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
         self.scale_lr, self.compile_backbone = scale_lr, compile
-        self.views_per_pass = views_per_pass
+        self.views_per_pass, self.recipe = views_per_pass, recipe
+        for name, value in self.budget_recipe.items() if recipe == "budget" else ():
+            setattr(self, "optimizer_name" if name == "optimizer" else name, value)
         self._total_steps: int | None = None
 
     def default_corruption(self) -> Corruption:
@@ -204,8 +222,12 @@ class SSLMethod(L.LightningModule):
             betas=self.betas,
             lars_eta=self.lars_eta,
         )
-        self._total_steps, steps_per_epoch = schedule_length(self.trainer)
-        warmup = min(self._total_steps, round(self.warmup_epochs * steps_per_epoch))
+        self._total_steps, per_epoch = schedule_length(self.trainer)
+        warmup = warmup_steps(self.recipe, self.warmup_epochs, self._total_steps, per_epoch)
+        name = type(self).__name__
+        announce_schedule(
+            name, self.recipe, self.optimizer_name, lr, warmup, self._total_steps, per_epoch
+        )
         return warmup_cosine_schedule(optimizer, warmup, self._total_steps, self.final_lr_factor)
 
     def configure_callbacks(self) -> list[L.Callback]:

@@ -1,16 +1,36 @@
 """What a training recipe reads from its trainer: the global batch size (learning-rate
 scaling) and the run's length in optimizer steps (warmup, cosine decay, momentum and
-temperature schedules). Shared by the methods and ``LinearEvaluation``."""
+temperature schedules). Shared by the methods and ``LinearEvaluation``.
+
+A method trains with the ``"paper"`` recipe (its paper's settings, written for hundreds of GPU
+epochs) or the ``"budget"`` recipe (settings measured to learn faster on runs of a few epochs,
+``benchmarks/README.md``): the method's ``budget_recipe`` optimizer settings and a warmup of
+10 % of the run instead of a number of epochs. Either way the method logs what it chose.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Literal
 
-__all__ = ["LRScaling", "global_batch_size", "scaled_lr", "schedule_length"]
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+__all__ = [
+    "LRScaling",
+    "Recipe",
+    "announce_schedule",
+    "global_batch_size",
+    "scaled_lr",
+    "schedule_length",
+    "warmup_steps",
+]
 
 # How the learning rate follows the global batch (scaled_lr): True means "linear".
 LRScaling = bool | Literal["linear", "sqrt"]
+# A method's settings: its paper's, or those measured to learn fast on a short run.
+Recipe = Literal["paper", "budget"]
+RECIPES = ("paper", "budget")
+BUDGET_WARMUP = 0.1  # the budget recipe's warmup, a fraction of the run
 
 
 def global_batch_size(trainer: Any) -> int:
@@ -60,3 +80,30 @@ def schedule_length(trainer: Any) -> tuple[int, int]:
     if batches == float("inf"):
         raise ValueError("warmup_epochs needs a training loader with a length")
     return int(total), max(1, int(batches) // trainer.accumulate_grad_batches)
+
+
+def warmup_steps(recipe: Recipe, warmup_epochs: float, total: int, per_epoch: int) -> int:
+    """Warmup steps of a run of ``total`` steps: ``warmup_epochs`` epochs of ``per_epoch``
+    steps (``"paper"``), or 10 % of the run (``"budget"``), at most the run."""
+    if recipe == "budget":
+        return round(BUDGET_WARMUP * total)
+    return min(total, round(warmup_epochs * per_epoch))
+
+
+def announce_schedule(
+    method: str, recipe: Recipe, optimizer: str, lr: float, warmup: int, total: int, per_epoch: int
+) -> str:
+    """Logs (rank 0) the optimizer, rate and schedule a method chose; warns when the paper
+    recipe's warmup covers most of the run (a short run of a long GPU recipe). Returns the line."""
+    line = (
+        f"{method} (model.recipe={recipe}): {optimizer}, peak lr {lr:.3g}, warmup {warmup} of "
+        f"{total} steps ({total / per_epoch:.3g} epochs), then cosine decay"
+    )
+    rank_zero_info(line)
+    if recipe == "paper" and warmup > total / 2:
+        rank_zero_warn(
+            f"{line}: the learning rate rises for {warmup / total:.0%} of the run. The paper "
+            "recipe is written for hundreds of epochs; model.recipe=budget warms up for 10 % "
+            "of the run with settings measured on short runs (or lower model.warmup_epochs)"
+        )
+    return line

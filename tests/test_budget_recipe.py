@@ -1,0 +1,78 @@
+"""``model.recipe``: the paper's settings, or the budget recipe measured on short runs, and the
+line each run logs about what it chose."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_lightning import methods
+from ssl_lightning.cli import main
+from ssl_lightning.datamodules import ImageFolderDataModule
+from ssl_lightning.methods import SimCLR, SSLMethod
+from ssl_lightning.methods.schedule import warmup_steps
+from tests.helpers import SAMPLE, sample_fit_args, tiny_trainer
+
+TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 4}, "proj_hidden_dim": 8}
+
+
+def _fit(tmp_path: Path, model: SSLMethod, steps: int) -> torch.optim.Optimizer:
+    data = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path / "cache")
+    trainer = tiny_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, data)
+    return trainer.optimizers[0]
+
+
+@pytest.mark.parametrize("name", sorted(methods.method_classes()))
+def test_every_budget_recipe_sets_optimizer_arguments_of_the_base(name: str) -> None:
+    budget = methods.method_classes()[name].budget_recipe
+    allowed = set(inspect.signature(SSLMethod).parameters) - {"backbone", "backbone_kwargs"}
+    assert set(budget) <= allowed - {"recipe", "warmup_epochs"}
+
+
+def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = SimCLR(**TINY, recipe="budget", warmup_epochs=10.0)
+    assert (model.optimizer_name, model.lr, model.weight_decay) == ("adamw", 5e-3, 1e-4)
+    with caplog.at_level(logging.INFO):
+        optimizer = _fit(tmp_path, model, steps=3)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    # lr 5e-3 per 256 images at batch 32; the budget warmup is 10 % of 3 steps: none.
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(5e-3 * 32 / 256)
+    assert "SimCLR (model.recipe=budget): adamw, peak lr 0.000625, warmup 0 of 3 steps" in (
+        caplog.text
+    )
+
+
+def test_the_paper_recipe_keeps_the_arguments_and_warns_when_warmup_fills_the_run(
+    tmp_path: Path,
+) -> None:
+    model = SimCLR(**TINY, warmup_epochs=10.0)
+    with pytest.warns(UserWarning, match="rises for 100% of the run.*model.recipe=budget"):
+        optimizer = _fit(tmp_path, model, steps=3)
+    assert type(optimizer).__name__ == "LARS"
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.4 * 32 / 256)
+
+
+def test_warmup_is_epochs_in_the_paper_recipe_and_a_tenth_of_the_run_in_the_budget_one() -> None:
+    assert warmup_steps("paper", 2.0, total=1000, per_epoch=100) == 200
+    assert warmup_steps("paper", 20.0, total=1000, per_epoch=100) == 1000  # at most the run
+    assert warmup_steps("budget", 20.0, total=1000, per_epoch=100) == 100
+
+
+def test_an_unknown_recipe_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"recipe must be 'paper' or 'budget'.*model.recipe"):
+        SimCLR(**TINY, recipe="fast")  # type: ignore[arg-type]
+
+
+def test_the_command_line_switches_the_recipe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        main(sample_fit_args(tmp_path, "SimSiam", "--model.recipe=budget"))
+    assert "SimSiam (model.recipe=budget): sgd, peak lr 0.0075" in caplog.text  # 0.12 x 16/256
