@@ -167,3 +167,11 @@ def test_time_to_accuracy_stops_at_the_target_or_the_time_limit(tmp_path: Path) 
         tmp_path / "limit", "--max-steps", "9", "--eval-every", "5", "--max-minutes", "0"
     )
     assert [r["step"] for r in out_of_time] == [0, 1]
+
+
+def test_many_views_times_the_batched_call_against_a_call_per_view() -> None:
+    from benchmarks.many_views import measure
+
+    row = measure(4, 3, torch.device("cpu"), repeats=1)
+    assert (row["batch"], row["views"]) == (4, 3)
+    assert row["batched_views_per_s"] > 0 and row["per_view_views_per_s"] > 0
