@@ -76,3 +76,10 @@ def test_the_command_line_switches_the_recipe(
     with caplog.at_level(logging.INFO):
         main(sample_fit_args(tmp_path, "SimSiam", "--model.recipe=budget"))
     assert "SimSiam (model.recipe=budget): sgd, peak lr 0.0075" in caplog.text  # 0.12 x 16/256
+
+
+def test_a_run_limited_by_time_alone_is_told_to_set_its_length(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, max_time={"minutes": 5}, limit_val_batches=0)
+    data = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"max_steps.*max_time stops a run"):
+        trainer.fit(SimCLR(**TINY), data)

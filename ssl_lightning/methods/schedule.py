@@ -71,8 +71,10 @@ def schedule_length(trainer: Any) -> tuple[int, int]:
     """Optimizer steps of the whole run and of one epoch (gradient accumulation counted)."""
     total = trainer.estimated_stepping_batches
     if total == float("inf"):
+        timed = " (trainer.max_time stops a run but does not say how many steps it has)"
         raise ValueError(
             "the cosine schedule needs a finite run: set trainer.max_epochs or trainer.max_steps"
+            + (timed if any(type(c).__name__ == "Timer" for c in trainer.callbacks) else "")
         )
     if trainer.train_dataloader is None:
         trainer.fit_loop.setup_data()  # as estimated_stepping_batches does, for per-epoch size
