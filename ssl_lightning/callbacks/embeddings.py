@@ -8,11 +8,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssl_lightning import distributed
 from ssl_lightning.backbones.stages import Stages
-from ssl_lightning.callbacks.common import stage_step_features, warn_if_no_validation
+from ssl_lightning.callbacks.common import (
+    check_head_stages,
+    head_module,
+    stage_step_features,
+    through_head,
+    warn_if_no_validation,
+)
 
 __all__ = ["EmbeddingMonitor"]
 
@@ -54,11 +60,7 @@ class EmbeddingMonitor(L.Callback):
         name = type(self).__name__
         if max_samples is not None and max_samples < 2:
             raise ValueError(f"{name}: max_samples must be >= 2 or None, got {max_samples}")
-        if head is not None and stages != "last":
-            raise ValueError(
-                f"{name}: head={head!r} maps the backbone's last features, but stages={stages!r}; "
-                "set stages='last' or head=None"
-            )
+        check_head_stages(name, head, stages)
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise ValueError(
                 f"{name}: every_n_train_steps must be >= 1 or None, got {every_n_train_steps}"
@@ -85,7 +87,8 @@ class EmbeddingMonitor(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.head is not None:
-            self._head_module(pl_module)  # a missing head fails now, not at the first validation
+            # A missing head fails now, not at the first validation.
+            head_module(pl_module, self.head, type(self).__name__)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.every_n_train_steps is None:
@@ -209,28 +212,7 @@ class EmbeddingMonitor(L.Callback):
         """``features`` ``[n, D]`` as float32 rows, through ``head`` when one is set."""
         if self.head is None:
             return features.detach().float()
-        head = self._head_module(pl_module)
-        param = next(head.parameters(), None)
-        was_training = head.training
-        head.eval()  # batch statistics would change BatchNorm's running averages
-        try:
-            with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
-                x = features.detach().to(param.dtype if param is not None else torch.float32)
-                return head(x).float()  # [n, P]
-        finally:
-            head.train(was_training)
-
-    def _head_module(self, pl_module: L.LightningModule) -> nn.Module:
-        assert self.head is not None
-        try:
-            return pl_module.get_submodule(self.head)
-        except AttributeError:
-            children = sorted(name for name, _ in pl_module.named_children())
-            raise ValueError(
-                f"{type(self).__name__}(head={self.head!r}): {type(pl_module).__name__} has no "
-                f"submodule {self.head!r}; expected one of {children} (set head, or head=None "
-                "for the backbone's features)"
-            ) from None
+        return through_head(pl_module, self.head, features, type(self).__name__)  # [n, P]
 
     def _rank_limit(self, world_size: int) -> int:
         if self.max_samples is None:

@@ -13,10 +13,16 @@ from torch import Tensor
 
 from ssl_lightning import distributed
 from ssl_lightning.backbones.stages import Stages
-from ssl_lightning.callbacks.common import embed_stages, stage_step_features, warn_if_no_validation
+from ssl_lightning.callbacks.common import (
+    FeatureReader,
+    head_prefix,
+    setup_labeled_monitor,
+    state_key_fields,
+    warn_if_no_validation,
+)
 from ssl_lightning.corruptions import normalize
 from ssl_lightning.knn import knn_predict
-from ssl_lightning.labels import LabelRange, datamodule_num_classes
+from ssl_lightning.labels import LabelRange
 
 __all__ = ["KNNMonitor"]
 
@@ -41,16 +47,24 @@ class KNNMonitor(L.Callback):
     ranks: the accuracy of all queries against the whole bank. Logs ``knn/val_acc``, and
     ``test/knn_acc`` in ``trainer.test``. Nothing in a training step waits for the device.
 
+    With ``head="projector"`` the bank (clean or augmented) and the queries are the features
+    through that submodule of the model, in eval mode without gradients; it then logs
+    ``knn_projector/val_acc`` and checkpoints apart from a monitor of the backbone.
+
     Args:
         k: neighbours per query.
         temperature: vote temperature (0.1 in the InstDisc paper, 0.07 in many repos).
         bank_size: most training features in the bank, over all ranks; ``None`` keeps all.
         chunk_size: queries scored (and clean images embedded) at once.
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
-        prefix: prefix of the logged name.
+        prefix: prefix of the logged name; ``None``: ``"knn"``, or ``"knn_<head>"`` with a
+            head. A given prefix is used as is.
         bank: ``"clean"`` training images or the epoch's ``"augmented"`` step features.
         stages: backbone stages of the features (``"last"``: the step's; ``"all"`` or indices:
             pooled from the exported backbone, see ``backbones.stages``).
+        head: dotted name of the model's submodule that maps the backbone's features to the
+            ones to score (``"projector"``, ``"projector.layers.0"``); ``None``: the features.
+            Only with ``stages="last"``; a missing one fails at ``setup``.
 
     Examples:
         >>> trainer = L.Trainer(callbacks=[KNNMonitor(k=200, bank_size=50_000)])  # doctest: +SKIP
@@ -63,9 +77,10 @@ class KNNMonitor(L.Callback):
         bank_size: int | None = 50_000,
         chunk_size: int = 1024,
         num_classes: int | None = None,
-        prefix: str = "knn",
+        prefix: str | None = None,
         bank: Literal["clean", "augmented"] = "clean",
         stages: Stages = "last",
+        head: str | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -82,9 +97,10 @@ class KNNMonitor(L.Callback):
         self.bank_size = bank_size
         self.chunk_size = chunk_size
         self.num_classes = num_classes
-        self.prefix = prefix
+        self.prefix = head_prefix(prefix, "knn", head)
         self.bank = bank
-        self.stages = stages
+        self.stages, self.head = stages, head
+        self._reader = FeatureReader("KNNMonitor", stages, head)
         self._features: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._stored = 0
@@ -94,12 +110,10 @@ class KNNMonitor(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
+        return self._generate_state_key(**state_key_fields(self.prefix, self.head))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.num_classes is None:
-            fix = "pass KNNMonitor(num_classes=...) or remove the callback"
-            self.num_classes = datamodule_num_classes(trainer, "KNNMonitor", fix)
+        self.num_classes = setup_labeled_monitor(trainer, pl_module, self._reader, self.num_classes)
         datamodule = getattr(trainer, "datamodule", None)
         if self.bank == "clean" and getattr(datamodule, "train_set", None) is None:
             rank_zero_warn(
@@ -124,8 +138,7 @@ class KNNMonitor(L.Callback):
     ) -> None:
         if self.bank == "augmented" and outputs:
             self.add_train(
-                *stage_step_features(outputs, batch, pl_module, "training_step", self.stages),
-                trainer.world_size,
+                *self._reader.step(outputs, batch, pl_module, "training_step"), trainer.world_size
             )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -147,9 +160,7 @@ class KNNMonitor(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._bank is not None:
-            self.score(
-                *stage_step_features(outputs, batch, pl_module, "validation_step", self.stages)
-            )
+            self.score(*self._reader.step(outputs, batch, pl_module, "validation_step"))
 
     def on_test_batch_end(
         self,
@@ -161,7 +172,7 @@ class KNNMonitor(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._bank is not None:
-            self.score(*stage_step_features(outputs, batch, pl_module, "test_step", self.stages))
+            self.score(*self._reader.step(outputs, batch, pl_module, "test_step"))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         accuracy = self.compute()
@@ -199,9 +210,7 @@ class KNNMonitor(L.Callback):
             images, labels = train_set.__getitems__(chunk.tolist())  # host tensors
             x = images.to(pl_module.device).float().div_(255)
             x = normalize(x, datamodule.mean, datamodule.std)
-            features = (
-                pl_module(x) if self.stages == "last" else embed_stages(pl_module, x, self.stages)
-            )
+            features = self._reader.images(pl_module, x)  # [n, D'], through the head if set
             self.add_train(features, labels.to(pl_module.device), trainer.world_size)
 
     def prepare_bank(self, world_size: int, device: torch.device) -> None:

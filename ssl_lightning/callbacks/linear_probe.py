@@ -12,9 +12,15 @@ from torch import Tensor, nn
 
 from ssl_lightning import distributed
 from ssl_lightning.backbones.stages import Stages
-from ssl_lightning.callbacks.common import stage_step_features, warn_if_no_validation
-from ssl_lightning.callbacks.probe_optim import place_optimizer_state, probe_optimizer, step_where
-from ssl_lightning.labels import LabelRange, datamodule_num_classes
+from ssl_lightning.callbacks.common import (
+    FeatureReader,
+    head_prefix,
+    setup_labeled_monitor,
+    state_key_fields,
+    warn_if_no_validation,
+)
+from ssl_lightning.callbacks.probe_optim import load_probe_state, probe_optimizer, step_where
+from ssl_lightning.labels import LabelRange
 
 __all__ = ["OnlineLinearProbe"]
 
@@ -40,6 +46,10 @@ class OnlineLinearProbe(L.Callback):
     top-1). A probe that has not trained (``validate`` of a checkpoint saved without it) logs
     nothing and warns. Its head and optimizer state are checkpointed and restored on resume.
 
+    With ``head="projector"`` every feature it reads (training, validation, test) first goes
+    through that submodule of the model, in eval mode without gradients (a small extra pass
+    per step); it then logs ``probe_projector/...`` and checkpoints apart from a backbone probe.
+
     Args:
         num_classes: number of classes; ``None`` takes the datamodule's ``num_classes``.
         lr: learning rate of the probe's optimizer.
@@ -48,7 +58,11 @@ class OnlineLinearProbe(L.Callback):
         weight_decay: weight decay of the probe.
         stages: backbone stages it reads: ``"last"`` (the step's features) or ``"all"``/indices
             (pooled from the exported backbone on the clean view; ``backbones.stages``).
-        prefix: prefix of the logged names.
+        prefix: prefix of the logged names; ``None``: ``"probe"``, or ``"probe_<head>"``
+            with a head. A given prefix is used as is.
+        head: dotted name of the model's submodule that maps the backbone's features to the
+            ones to probe (``"projector"``, ``"projector.layers.0"``); ``None``: the features.
+            Only with ``stages="last"``; a missing one fails at ``setup``.
 
     Examples:
         >>> trainer = L.Trainer(callbacks=[OnlineLinearProbe()])  # doctest: +SKIP
@@ -60,8 +74,9 @@ class OnlineLinearProbe(L.Callback):
         lr: float = 1e-3,
         optimizer: Literal["adam", "sgd"] = "adam",
         weight_decay: float = 0.0,
-        prefix: str = "probe",
+        prefix: str | None = None,
         stages: Stages = "last",
+        head: str | None = None,
     ) -> None:
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -73,7 +88,9 @@ class OnlineLinearProbe(L.Callback):
         self.lr = lr
         self.optimizer_name = optimizer
         self.weight_decay = weight_decay
-        self.prefix, self.stages = prefix, stages
+        self.stages, self.head_name = stages, head  # `head` is the classifier, kept by that name
+        self._reader = FeatureReader("OnlineLinearProbe", stages, head)
+        self.prefix = head_prefix(prefix, "probe", head)
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.trained = False
@@ -83,15 +100,10 @@ class OnlineLinearProbe(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
+        return self._generate_state_key(**state_key_fields(self.prefix, self.head_name))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.num_classes is None:
-            self.num_classes = datamodule_num_classes(
-                trainer,
-                "OnlineLinearProbe",
-                "pass OnlineLinearProbe(num_classes=...) or remove the callback",
-            )
+        self.num_classes = setup_labeled_monitor(trainer, pl_module, self._reader, self.num_classes)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         warn_if_no_validation(trainer, "OnlineLinearProbe", f"{self.prefix}/val_acc_top1")
@@ -106,9 +118,7 @@ class OnlineLinearProbe(L.Callback):
     ) -> None:
         if not outputs:  # a step the method skipped (it returned None)
             return
-        features, labels = stage_step_features(
-            outputs, batch, pl_module, "training_step", self.stages
-        )
+        features, labels = self._reader.step(outputs, batch, pl_module, "training_step")
         loss, accuracy = self.update(features, labels)
         batch_size = labels.shape[0]
         pl_module.log(f"{self.prefix}/train_loss", loss, batch_size=batch_size)
@@ -174,9 +184,7 @@ class OnlineLinearProbe(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if not trainer.sanity_checking and self.trained:
-            self.update_val(
-                *stage_step_features(outputs, batch, pl_module, "validation_step", self.stages)
-            )
+            self.update_val(*self._reader.step(outputs, batch, pl_module, "validation_step"))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -195,9 +203,7 @@ class OnlineLinearProbe(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self.trained:
-            self.update_val(
-                *stage_step_features(outputs, batch, pl_module, "test_step", self.stages)
-            )
+            self.update_val(*self._reader.step(outputs, batch, pl_module, "test_step"))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_eval(pl_module, f"test/{self.prefix}_acc")
@@ -285,13 +291,4 @@ class OnlineLinearProbe(L.Callback):
         assert self.head is not None and self.optimizer is not None
         state = self._pending_state or {}
         self._pending_state = None
-        shape = (state.get("num_classes"), state.get("num_features"))
-        if shape != (self.head.out_features, self.head.in_features):
-            raise ValueError(
-                f"the checkpoint's probe has (num_classes, num_features) = {shape}, this run's "
-                f"{(self.head.out_features, self.head.in_features)}; resume with the same "
-                "num_classes and backbone"
-            )
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])  # moves its state to the head's device
-        place_optimizer_state(self.optimizer, self.head.weight.device)
+        load_probe_state(self.head, self.optimizer, state)

@@ -1,12 +1,15 @@
 """The online probe's optimizer: built for the head's device, a step undone without a host
-sync where a batch had no label, and its state placed after a checkpoint from another device."""
+sync where a batch had no label, and the head and its state loaded from a checkpoint (from
+another device too)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["place_optimizer_state", "probe_optimizer", "step_where"]
+__all__ = ["load_probe_state", "place_optimizer_state", "probe_optimizer", "step_where"]
 
 
 def step_where(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], take: Tensor) -> None:
@@ -55,3 +58,20 @@ def place_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device
             step = optimizer.state.get(p, {}).get("step")
             if isinstance(step, Tensor):
                 optimizer.state[p]["step"] = step.to(device if capturable else "cpu")
+
+
+def load_probe_state(
+    head: nn.Linear, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Loads a probe's checkpointed ``state`` (``{"head", "optimizer", "num_classes",
+    "num_features"}``) into ``head`` and ``optimizer``, once the shapes are checked to agree."""
+    shape = (state.get("num_classes"), state.get("num_features"))
+    if shape != (head.out_features, head.in_features):
+        raise ValueError(
+            f"the checkpoint's probe has (num_classes, num_features) = {shape}, this run's "
+            f"{(head.out_features, head.in_features)}; resume with the same num_classes, "
+            "backbone and head"
+        )
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])  # moves its state to the head's device
+    place_optimizer_state(optimizer, head.weight.device)
