@@ -107,3 +107,19 @@ def test_test_and_predict_from_a_checkpoint_on_the_command_line(tmp_path: Path, 
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=True)
     assert saved["features"].shape[0] == saved["labels"].shape[0] == 30
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_test_scores_the_test_split_when_validation_is_held_out(
+    tmp_path: Path, cached: bool
+) -> None:
+    # Lightning builds the test loader under inference mode; the split decoded (or read back
+    # from the cache) there must still be written by the decoding threads.
+    if cached:
+        _data(tmp_path, val_fraction=0.2).setup("fit")
+    model, _, _ = _tiny(METHODS[0])
+    data = _data(tmp_path, val_fraction=0.2)
+    trainer = tiny_trainer(tmp_path, callbacks=[KNNMonitor(k=5)], max_steps=1)
+    trainer.fit(model, data)
+    results = trainer.test(model, data, verbose=False)
+    assert 0.0 <= results[0]["test/knn_acc"] <= 1.0

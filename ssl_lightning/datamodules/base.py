@@ -221,7 +221,8 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.val_fraction == 0.0:
             return self.val_set
         if self.test_set is None:
-            loaded = self.load_split("val")
+            with torch.inference_mode(False):  # Lightning asks for the test loader inside it
+                loaded = self.load_split("val")
             if loaded is not None:
                 order = class_interleaved(loaded[1].long(), self.split_seed)
                 self.test_set = self.make_dataset(*loaded, rows=order)
