@@ -175,3 +175,11 @@ def test_many_views_times_the_batched_call_against_a_call_per_view() -> None:
     row = measure(4, 3, torch.device("cpu"), repeats=1)
     assert (row["batch"], row["views"]) == (4, 3)
     assert row["batched_views_per_s"] > 0 and row["per_view_views_per_s"] > 0
+
+
+def test_resized_crop_times_both_cpu_paths_and_names_the_default() -> None:
+    from benchmarks.resized_crop import measure
+
+    small, large = measure(16, 16, 4, repeats=1), measure(80, 64, 2, repeats=1)
+    assert small["per_box_ms"] > 0 and small["matmul_ms"] > 0
+    assert (small["default_per_box"], large["default_per_box"]) == (False, True)

@@ -20,6 +20,7 @@ from ssl_lightning.corruptions import (
     blur_kernel_sizes,
     color_jitter,
     gaussian_blur,
+    geometry,
     grayscale,
     hflip,
     resized_crop,
@@ -88,6 +89,36 @@ def test_resized_crop_matches_torchvision(in_hw, size, antialias):
     )
     assert out.shape == (24, 3, *size)
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize(
+    "path", [geometry._resized_crop_per_box, geometry._resized_crop_matmul], ids=["box", "mm"]
+)
+def test_both_resized_crop_paths_match_torchvision_on_views_with_flips(path, antialias):
+    images = rand_images(6, 90, 76)
+    boxes = sample_crop_boxes(12, 90, 76, generator=gen(3))  # two views of the batch
+    boxes[:3] = torch.tensor([[0, 0, 90, 76], [3, 5, 1, 1], [0, 75, 90, 1]])
+    flip = sample_bernoulli(12, 0.5, gen(4))
+    flip[:3] = True
+    out = path(images, boxes, (64, 70), antialias, flip)
+    expected = []
+    for i, (box, f) in enumerate(zip(boxes, flip, strict=True)):
+        crop = F.resized_crop(
+            images[i % 6], *box.tolist(), [64, 70], InterpolationMode.BILINEAR, antialias
+        )
+        expected.append(F.horizontal_flip(crop) if f else crop)
+    torch.testing.assert_close(out, torch.stack(expected), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("size", "per_box"), [(63, False), (64, True)])
+def test_resized_crop_resizes_per_box_on_the_cpu_from_64_pixels(size, per_box, monkeypatch):
+    called = []
+    monkeypatch.setattr(
+        geometry, "_resized_crop_per_box", lambda *args: called.append(1) or args[0]
+    )
+    geometry.resized_crop(rand_images(2, 80, 80), torch.tensor([[0, 0, 80, 80]] * 2), size)
+    assert bool(called) == per_box
 
 
 def test_resized_crop_int_size_is_square_and_flip_is_hflip():

@@ -1,8 +1,10 @@
-"""Geometry: random resized crop and horizontal flip as batched separable matmuls."""
+"""Geometry: random resized crop (batched separable matmuls, or one resize per box on a CPU)
+and horizontal flip."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from ssl_lightning.corruptions.base import apply_at_, mask_indices
@@ -67,7 +69,10 @@ def resized_crop(
     Equal, up to float rounding, to torchvision's per-image
     ``F.resized_crop(img, top, left, h, w, size, BILINEAR, antialias)``. Resizing is separable,
     so each image becomes ``Wy @ img @ Wx^T`` with per-image matrices that hold both the crop
-    and the filter: two batched matmuls, whatever the box sizes.
+    and the filter: two batched matmuls, whatever the box sizes. Their cost grows with input
+    side x input side x output side, which a GPU hides and a CPU does not: on a CPU, outputs of
+    64 x 64 pixels or more are resized one box at a time (``F.interpolate`` on the crop, 1.1x
+    the matmuls' speed at 64 px, 2.8x at 224 px from 256 px; ``benchmarks/resized_crop.py``).
 
     Args:
         images: ``[B, C, H, W]`` float images.
@@ -77,19 +82,51 @@ def resized_crop(
         size: output ``(height, width)``; an int gives a square output (as
             ``RandomResizedCrop`` reads it, not ``F.resize``'s shorter side).
         antialias: low-pass filter when downsampling, as torchvision's default.
-        flip: optional ``[V * B]`` bool; flips those outputs horizontally at no extra cost by
-            reversing the rows of ``Wx``.
+        flip: optional ``[V * B]`` bool; flips those outputs horizontally (the matmuls do it
+            at no extra cost by reversing the rows of ``Wx``).
 
     Returns:
         ``[V * B, C, size_h, size_w]`` images.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
-    batch, channels, height, width = images.shape
+    batch = images.shape[0]
     if boxes.shape[0] % batch:
         raise ValueError(
             f"resized_crop needs one box per image or several per image (a multiple of the "
             f"{batch} images), got {boxes.shape[0]} boxes"
         )
+    if images.device.type == "cpu" and out_h * out_w >= PER_BOX_MIN_PIXELS:
+        return _resized_crop_per_box(images, boxes, (out_h, out_w), antialias, flip)
+    return _resized_crop_matmul(images, boxes, (out_h, out_w), antialias, flip)
+
+
+# On a CPU, one resize per box beats the batched matmuls from 64 x 64 outputs up; below, the
+# per-call overhead of a Python loop wins (0.5x at 32 px). Measured by benchmarks/resized_crop.py.
+PER_BOX_MIN_PIXELS = 64 * 64
+
+
+def _resized_crop_per_box(
+    images: Tensor, boxes: Tensor, size: tuple[int, int], antialias: bool, flip: Tensor | None
+) -> Tensor:
+    """:func:`resized_crop` as one ``F.interpolate`` per box: cost per output pixel, not per
+    input pixel x output side."""
+    batch = images.shape[0]
+    out = images.new_empty(boxes.shape[0], images.shape[1], *size)
+    flips = [False] * boxes.shape[0] if flip is None else flip.tolist()
+    for i, (top, left, height, width) in enumerate(boxes.tolist()):
+        crop = images[i % batch, None, :, top : top + height, left : left + width]
+        resized = nnf.interpolate(
+            crop, size=size, mode="bilinear", align_corners=False, antialias=antialias
+        )[0]
+        out[i] = resized.flip(-1) if flips[i] else resized
+    return out
+
+
+def _resized_crop_matmul(
+    images: Tensor, boxes: Tensor, size: tuple[int, int], antialias: bool, flip: Tensor | None
+) -> Tensor:
+    """:func:`resized_crop` as two batched matmuls per view of the batch."""
+    (out_h, out_w), (batch, channels, height, width) = size, images.shape
     boxes = boxes.to(images.device)
     dtype, crops = images.dtype, boxes.shape[0]  # crops = V * B
     wy = _resample_matrix(boxes[:, 0], boxes[:, 2], height, out_h, antialias, dtype)  # [VB, oh, H]
