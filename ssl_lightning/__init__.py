@@ -5,8 +5,10 @@ from ssl_lightning.evaluation import LinearEvaluation
 from ssl_lightning.methods import (
     BYOL,
     DINO,
+    EMPSSL,
     MAE,
     BarlowTwins,
+    FastSiam,
     MaskedReconstruction,
     MoCoV3,
     RotationPrediction,
@@ -22,8 +24,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BYOL",
     "DINO",
+    "EMPSSL",
     "MAE",
     "BarlowTwins",
+    "FastSiam",
     "LinearEvaluation",
     "MaskedReconstruction",
     "MoCoV3",

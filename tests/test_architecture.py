@@ -94,6 +94,13 @@ def test_the_package_root_holds_only_building_blocks() -> None:
     assert modules == {b for b in BLOCKS if b.endswith(".py")}
 
 
+def test_the_package_root_exports_every_method() -> None:
+    import ssl_lightning
+    from ssl_lightning import methods
+
+    assert set(methods.method_classes()) <= set(ssl_lightning.__all__)
+
+
 def test_one_concern_per_file() -> None:
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _sources(".")}
     assert {name: n for name, n in sizes.items() if n > 300} == {}

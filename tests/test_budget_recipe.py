@@ -83,3 +83,11 @@ def test_a_run_limited_by_time_alone_is_told_to_set_its_length(tmp_path: Path) -
     data = ImageFolderDataModule(SAMPLE, batch_size=32, cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match=r"max_steps.*max_time stops a run"):
         trainer.fit(SimCLR(**TINY), data)
+
+
+def test_fastsiam_and_simsiam_take_the_measured_4x_rate_on_a_budget() -> None:
+    from ssl_lightning import FastSiam, SimSiam
+
+    for cls in (SimSiam, FastSiam):
+        assert cls(**TINY).lr == 0.03
+        assert cls(**TINY, recipe="budget").lr == 0.12
