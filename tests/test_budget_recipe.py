@@ -39,6 +39,7 @@ def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
 ) -> None:
     model = SimCLR(**TINY, recipe="budget", warmup_epochs=10.0)
     assert (model.optimizer_name, model.lr, model.weight_decay) == ("adamw", 5e-3, 1e-4)
+    assert (model.temperature, SimCLR(**TINY).temperature) == (0.1, 0.2)
     with caplog.at_level(logging.INFO):
         optimizer = _fit(tmp_path, model, steps=3)
     assert isinstance(optimizer, torch.optim.AdamW)

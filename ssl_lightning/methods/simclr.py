@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -27,7 +27,8 @@ class SimCLR(SSLMethod):
     The defaults are the standard CIFAR recipe (LARS, lr 0.4 x batch / 256, weight decay
     1e-5, temperature 0.2), written for hundreds of epochs. On a budget of a few epochs,
     ``recipe="budget"`` (AdamW, lr 5e-3 x batch / 256, weight decay 1e-4, warmup 10 % of the
-    run) learns faster: +4.2 points at 495 steps (README, Results).
+    run) learns faster: +4.2 points at 495 steps (README, Results), and with temperature 0.1
+    (``budget_temperature``, it replaces ``temperature``) 0.8 and 2.0 more in two seeds.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -44,6 +45,7 @@ class SimCLR(SSLMethod):
     """
 
     budget_recipe = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-4}
+    budget_temperature: ClassVar[float] = 0.1  # measured with the budget optimizer
 
     def __init__(
         self,
@@ -72,7 +74,7 @@ class SimCLR(SSLMethod):
             scale_lr=scale_lr,
             **kwargs,
         )
-        self.temperature = temperature
+        self.temperature = self.budget_temperature if self.recipe == "budget" else temperature
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
             self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
