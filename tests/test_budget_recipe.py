@@ -37,10 +37,10 @@ def test_every_budget_recipe_sets_optimizer_arguments_of_the_base(name: str) -> 
 def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = SimCLR(**TINY, recipe="budget", warmup_epochs=10.0)
-    assert (model.optimizer_name, model.lr, model.weight_decay) == ("adamw", 5e-3, 1e-4)
-    assert (model.temperature, SimCLR(**TINY).temperature) == (0.1, 0.2)
     with caplog.at_level(logging.INFO):
+        model = SimCLR(**TINY, recipe="budget", warmup_epochs=10.0)
+        assert (model.optimizer_name, model.lr, model.weight_decay) == ("adamw", 5e-3, 1e-4)
+        assert (model.temperature, SimCLR(**TINY).temperature) == (0.1, 0.2)
         optimizer = _fit(tmp_path, model, steps=3)
     assert isinstance(optimizer, torch.optim.AdamW)
     # lr 5e-3 per 256 images at batch 32; the budget warmup is 10 % of 3 steps: none.
@@ -48,6 +48,7 @@ def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
     assert "SimCLR (model.recipe=budget): adamw, peak lr 0.000625, warmup 0 of 3 steps" in (
         caplog.text
     )
+    assert "SimCLR (model.recipe=budget): temperature 0.1" in caplog.text
 
 
 def test_the_paper_recipe_keeps_the_arguments_and_warns_when_warmup_fills_the_run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from ssl_lightning.corruptions import Corruption, SimCLRViews
@@ -74,7 +75,10 @@ class SimCLR(SSLMethod):
             scale_lr=scale_lr,
             **kwargs,
         )
-        self.temperature = self.budget_temperature if self.recipe == "budget" else temperature
+        self.temperature = temperature
+        if self.recipe == "budget":
+            self.temperature = self.budget_temperature
+            rank_zero_info(f"SimCLR (model.recipe=budget): temperature {self.temperature}")
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
             self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
