@@ -28,10 +28,24 @@ def _fit(tmp_path: Path, model: SSLMethod, steps: int) -> torch.optim.Optimizer:
 
 
 @pytest.mark.parametrize("name", sorted(methods.method_classes()))
-def test_every_budget_recipe_sets_optimizer_arguments_of_the_base(name: str) -> None:
-    budget = methods.method_classes()[name].budget_recipe
-    allowed = set(inspect.signature(SSLMethod).parameters) - {"backbone", "backbone_kwargs"}
-    assert set(budget) <= allowed - {"recipe", "warmup_epochs"}
+def test_every_budget_recipe_sets_arguments_of_its_method(name: str) -> None:
+    cls = methods.method_classes()[name]
+    own = set(inspect.signature(cls).parameters) | set(inspect.signature(SSLMethod).parameters)
+    assert set(cls.budget_recipe) <= own - {
+        "backbone",
+        "backbone_kwargs",
+        "recipe",
+        "warmup_epochs",
+    }
+
+
+def test_a_method_reads_its_own_arguments_through_the_recipe() -> None:
+    class Tempered(SimCLR):
+        budget_recipe = {"lr": 1e-3, "temperature": 0.3}
+
+    assert (Tempered(**TINY).lr, Tempered(**TINY).temperature) == (0.4, 0.2)
+    model = Tempered(**TINY, recipe="budget", lr=0.9, temperature=0.05)
+    assert (model.lr, model.temperature, model.optimizer_name) == (1e-3, 0.3, "lars")
 
 
 def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
@@ -48,7 +62,10 @@ def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
     assert "SimCLR (model.recipe=budget): adamw, peak lr 0.000625, warmup 0 of 3 steps" in (
         caplog.text
     )
-    assert "SimCLR (model.recipe=budget): temperature 0.1" in caplog.text
+    assert (
+        "SimCLR (model.recipe=budget): optimizer adamw, lr 0.005, weight_decay 0.0001, "
+        "temperature 0.1" in caplog.text
+    )
 
 
 def test_the_paper_recipe_keeps_the_arguments_and_warns_when_warmup_fills_the_run(

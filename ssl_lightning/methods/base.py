@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ssl_lightning.backbones import create_backbone, resolve_channels_last
@@ -37,9 +38,8 @@ class SSLMethod(L.LightningModule):
     """Base of all pretext methods: the backbone, the optimizer recipe and the step template.
 
     A subclass builds its heads in ``__init__``, names its corruption in
-    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`. Every hook a
-    method may override is declared here; for methods with more moving parts (BYOL, MoCo,
-    DINO):
+    :meth:`default_corruption` and computes its loss in :meth:`pretext_step`. The hooks for
+    methods with more moving parts (BYOL, MoCo, DINO):
 
     - :meth:`after_optimizer_step` runs once after each real optimizer step (not per batch
       under gradient accumulation): the place for EMA teacher updates.
@@ -54,9 +54,8 @@ class SSLMethod(L.LightningModule):
       keys: a configured ``data.corruption`` that disagrees is an error naming both.
     - :meth:`preview` names the image rows ``PreviewImages`` draws.
 
-    The method is a :class:`~ssl_lightning.corruptions.PretextModel` (what datamodules and
-    callbacks read from it). Its non-finite loss policy is :attr:`nonfinite`, a callback it
-    attaches to the trainer itself, so no override of a Lightning hook can switch it off.
+    The method is a :class:`~ssl_lightning.corruptions.PretextModel`. Its non-finite loss policy is
+    :attr:`nonfinite`, a callback it attaches itself, so no overridden hook can switch it off.
 
     Args:
         backbone: a registered backbone name (see ``list_backbones()``) or a module that
@@ -73,20 +72,18 @@ class SSLMethod(L.LightningModule):
         scale_lr: ``"linear"``/``True``: ``lr`` x global batch / 256; ``"sqrt"``: x its root.
         channels_last: channels-last memory format; ``None``: on for conv backbones (faster).
         compile: compile the backbone with ``torch.compile``.
-        views_per_pass: the most views of one size embedded in one backbone pass; ``None``
-            embeds each size in one pass. Lower it when ``views x batch`` images do not fit:
-            the passes then run under activation checkpointing (``methods/passes.py``).
+        views_per_pass: the most views of one size per backbone pass (``None``: all); lower it
+            when ``views x batch`` images do not fit (checkpointed passes, ``methods/passes.py``).
         recipe: ``"paper"`` (the arguments as given) or ``"budget"``: the method's
-            ``budget_recipe`` replaces those optimizer arguments, and the warmup is 10 % of the
-            run instead of ``warmup_epochs`` (``methods/schedule.py``). Logged at the start.
+            ``budget_recipe`` replaces the arguments it names (logged), and the warmup is 10 %
+            of the run instead of ``warmup_epochs`` (``methods/schedule.py``).
         on_nonfinite: a non-finite loss stops the run (``"raise"``, checked without a sync per
-            step) or its step is skipped and counted (``"skip"``); see ``methods/nonfinite.py``.
-            The guard is :attr:`nonfinite` (``check_every``, ``skipped_steps``).
+            step) or its step is skipped and counted (``"skip"``) by :attr:`nonfinite`.
     """
 
     export_module: ClassVar[str] = "backbone"
     pretext_settings: ClassVar[dict[str, str]] = {}
-    # The optimizer settings of recipe="budget", measured on short runs (benchmarks/README.md).
+    # Arguments recipe="budget" replaces (benchmarks/README.md); methods read theirs by recipe_arg
     budget_recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(
@@ -128,15 +125,22 @@ class SSLMethod(L.LightningModule):
             raise ValueError("backbone_kwargs only apply when backbone is a registered name")
         self.num_features = num_features_of(backbone)
         self.backbone, self.channels_last = backbone, resolve_channels_last(channels_last, backbone)
-        self.optimizer_name = optimizer
-        self.lr, self.weight_decay, self.momentum = lr, weight_decay, momentum
-        self.betas, self.lars_eta = betas, lars_eta
+        self.views_per_pass, self.recipe = views_per_pass, recipe
+        pick = self.recipe_arg  # the budget recipe may replace any optimizer argument
+        self.optimizer_name, self.lr = pick("optimizer", optimizer), pick("lr", lr)
+        self.weight_decay = pick("weight_decay", weight_decay)
+        self.momentum, self.betas = pick("momentum", momentum), pick("betas", betas)
+        self.lars_eta = pick("lars_eta", lars_eta)
         self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
         self.scale_lr, self.compile_backbone = scale_lr, compile
-        self.views_per_pass, self.recipe = views_per_pass, recipe
-        for name, value in self.budget_recipe.items() if recipe == "budget" else ():
-            setattr(self, "optimizer_name" if name == "optimizer" else name, value)
+        if recipe == "budget" and self.budget_recipe:
+            chosen = ", ".join(f"{name} {value}" for name, value in self.budget_recipe.items())
+            rank_zero_info(f"{type(self).__name__} (model.recipe=budget): {chosen}")
         self._total_steps: int | None = None
+
+    def recipe_arg(self, name: str, given: Any) -> Any:
+        """``given``, or ``budget_recipe[name]`` under the budget recipe (the method's own too)."""
+        return self.budget_recipe.get(name, given) if self.recipe == "budget" else given
 
     def default_corruption(self) -> Corruption:
         """The corruption the datamodule applies when its config sets none."""

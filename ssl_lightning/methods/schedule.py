@@ -4,8 +4,9 @@ temperature schedules). Shared by the methods and ``LinearEvaluation``.
 
 A method trains with the ``"paper"`` recipe (its paper's settings, written for hundreds of GPU
 epochs) or the ``"budget"`` recipe (settings measured to learn faster on runs of a few epochs,
-``benchmarks/README.md``): the method's ``budget_recipe`` optimizer settings and a warmup of
-10 % of the run instead of a number of epochs. Either way the method logs what it chose.
+``benchmarks/README.md``): the method's ``budget_recipe`` (optimizer settings and the method's
+own, such as SimCLR's temperature) and a warmup of 10 % of the run instead of a number of
+epochs. Either way the method logs what it chose.
 """
 
 from __future__ import annotations

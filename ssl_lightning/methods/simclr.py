@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from ssl_lightning.corruptions import Corruption, SimCLRViews
@@ -29,7 +28,7 @@ class SimCLR(SSLMethod):
     1e-5, temperature 0.2), written for hundreds of epochs. On a budget of a few epochs,
     ``recipe="budget"`` (AdamW, lr 5e-3 x batch / 256, weight decay 1e-4, warmup 10 % of the
     run) learns faster: +4.2 points at 495 steps (README, Results), and with temperature 0.1
-    (``budget_temperature``, it replaces ``temperature``) 0.8 and 2.0 more in two seeds.
+    (it replaces ``temperature``) 0.8 and 2.0 more in two seeds.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
@@ -45,8 +44,7 @@ class SimCLR(SSLMethod):
         >>> model = SimCLR(backbone="resnet18", temperature=0.2)
     """
 
-    budget_recipe = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-4}
-    budget_temperature: ClassVar[float] = 0.1  # measured with the budget optimizer
+    budget_recipe = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-4, "temperature": 0.1}
 
     def __init__(
         self,
@@ -75,10 +73,7 @@ class SimCLR(SSLMethod):
             scale_lr=scale_lr,
             **kwargs,
         )
-        self.temperature = temperature
-        if self.recipe == "budget":
-            self.temperature = self.budget_temperature
-            rank_zero_info(f"SimCLR (model.recipe=budget): temperature {self.temperature}")
+        self.temperature = self.recipe_arg("temperature", temperature)
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
             self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
