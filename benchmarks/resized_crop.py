@@ -41,7 +41,7 @@ def measure(side: int, size: int, batch: int, repeats: int = 7) -> dict[str, flo
     for _ in range(repeats + 1):  # the first round warms up
         for name, path in paths.items():
             start = time.perf_counter()
-            path(images, boxes, (size, size), True, flip)
+            path(images, boxes, images.new_empty(batch, 3, size, size), True, flip)
             times[name].append(time.perf_counter() - start)
     per_box_s, matmul_s = (statistics.median(times[k][1:]) for k in paths)
     return {

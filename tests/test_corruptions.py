@@ -32,6 +32,7 @@ from ssl_lightning.corruptions import (
     sample_uniform,
     solarize,
 )
+from ssl_lightning.corruptions import view as view_module
 
 ATOL = 1e-5
 
@@ -101,7 +102,7 @@ def test_both_resized_crop_paths_match_torchvision_on_views_with_flips(path, ant
     boxes[:3] = torch.tensor([[0, 0, 90, 76], [3, 5, 1, 1], [0, 75, 90, 1]])
     flip = sample_bernoulli(12, 0.5, gen(4))
     flip[:3] = True
-    out = path(images, boxes, (64, 70), antialias, flip)
+    out = path(images, boxes, images.new_empty(12, 3, 64, 70), antialias, flip)
     expected = []
     for i, (box, f) in enumerate(zip(boxes, flip, strict=True)):
         crop = F.resized_crop(
@@ -408,8 +409,13 @@ def _tv_view(image, box, flip, jitter, factors, order, gray, size, blur=None, so
     return out
 
 
-def test_view_transform_equals_torchvision_per_image_with_the_same_parameters():
-    """The whole recipe, blur and solarization included, against torchvision image by image."""
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batched", "per-view"])
+def test_view_transform_equals_torchvision_per_image_with_the_same_parameters(
+    one_at_a_time, monkeypatch
+):
+    """The whole recipe, blur and solarization included, against torchvision image by image,
+    on both CPU paths: every op batched, and one view at a time through every op."""
+    monkeypatch.setattr(view_module, "PER_VIEW_MIN_PIXELS", 0 if one_at_a_time else 1 << 62)
     batch, size = 32, 24
     images = rand_images(batch, 32, 40)
     view = ViewTransform(size=size, hue=0.3, blur_p=0.6, solarize_p=0.5, solarize_threshold=0.6)
@@ -441,6 +447,17 @@ def test_view_transform_equals_torchvision_per_image_with_the_same_parameters():
             0.6 if solar[i] else None,
         )
         torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("size", "one_at_a_time"), [(127, False), (128, True)])
+def test_a_cpu_augments_views_of_128_pixels_or_more_one_at_a_time(size, one_at_a_time):
+    calls = []
+    transform = ViewTransform(size=size)
+    augment = transform._augment
+    object.__setattr__(transform, "_augment", lambda *a, **k: calls.append(1) or augment(*a, **k))
+    views = transform(rand_images(2, 130, 130), gen(), num_views=3)
+    assert views.shape == (6, 3, size, size)
+    assert len(calls) == (6 if one_at_a_time else 1)
 
 
 def test_blur_and_solarize_parameters_differ_per_image():

@@ -108,6 +108,13 @@ _JITTER_IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
 def _color_jitter_(images: Tensor, factors: Tensor, order: Tensor, apply: Tensor) -> Tensor:
+    if images.shape[0] == 1:  # one view (the CPU path of ViewTransform): no masks, no gathers
+        if bool(apply[0]):
+            values = factors[0].tolist()
+            for op in order[0].tolist():
+                if values[op] != _JITTER_IDENTITY[op]:
+                    _JITTER_KERNELS[op](images, factors[:, op])
+        return images
     identity = torch.tensor(_JITTER_IDENTITY, dtype=factors.dtype, device=factors.device)
     todo = apply[:, None] & (factors != identity)  # [B, 4], per image and op
     for slot in range(order.shape[1]):

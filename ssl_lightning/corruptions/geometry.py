@@ -63,6 +63,7 @@ def resized_crop(
     size: int | tuple[int, int],
     antialias: bool = True,
     flip: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Crops one box per image and resizes it bilinearly, like ``F.resized_crop``.
 
@@ -84,9 +85,10 @@ def resized_crop(
         antialias: low-pass filter when downsampling, as torchvision's default.
         flip: optional ``[V * B]`` bool; flips those outputs horizontally (the matmuls do it
             at no extra cost by reversing the rows of ``Wx``).
+        out: optional contiguous ``[V * B, C, size_h, size_w]`` tensor to write the crops into.
 
     Returns:
-        ``[V * B, C, size_h, size_w]`` images.
+        ``[V * B, C, size_h, size_w]`` images (``out`` when given).
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch = images.shape[0]
@@ -95,9 +97,11 @@ def resized_crop(
             f"resized_crop needs one box per image or several per image (a multiple of the "
             f"{batch} images), got {boxes.shape[0]} boxes"
         )
+    if out is None:
+        out = images.new_empty(boxes.shape[0], images.shape[1], out_h, out_w)
     if images.device.type == "cpu" and out_h * out_w >= PER_BOX_MIN_PIXELS:
-        return _resized_crop_per_box(images, boxes, (out_h, out_w), antialias, flip)
-    return _resized_crop_matmul(images, boxes, (out_h, out_w), antialias, flip)
+        return _resized_crop_per_box(images, boxes, out, antialias, flip)
+    return _resized_crop_matmul(images, boxes, out, antialias, flip)
 
 
 # On a CPU, one resize per box beats the batched matmuls from 64 x 64 outputs up; below, the
@@ -106,12 +110,11 @@ PER_BOX_MIN_PIXELS = 64 * 64
 
 
 def _resized_crop_per_box(
-    images: Tensor, boxes: Tensor, size: tuple[int, int], antialias: bool, flip: Tensor | None
+    images: Tensor, boxes: Tensor, out: Tensor, antialias: bool, flip: Tensor | None
 ) -> Tensor:
     """:func:`resized_crop` as one ``F.interpolate`` per box: cost per output pixel, not per
     input pixel x output side."""
-    batch = images.shape[0]
-    out = images.new_empty(boxes.shape[0], images.shape[1], *size)
+    batch, size = images.shape[0], out.shape[-2:]
     flips = [False] * boxes.shape[0] if flip is None else flip.tolist()
     for i, (top, left, height, width) in enumerate(boxes.tolist()):
         crop = images[i % batch, None, :, top : top + height, left : left + width]
@@ -123,10 +126,10 @@ def _resized_crop_per_box(
 
 
 def _resized_crop_matmul(
-    images: Tensor, boxes: Tensor, size: tuple[int, int], antialias: bool, flip: Tensor | None
+    images: Tensor, boxes: Tensor, out: Tensor, antialias: bool, flip: Tensor | None
 ) -> Tensor:
     """:func:`resized_crop` as two batched matmuls per view of the batch."""
-    (out_h, out_w), (batch, channels, height, width) = size, images.shape
+    (out_h, out_w), (batch, channels, height, width) = out.shape[-2:], images.shape
     boxes = boxes.to(images.device)
     dtype, crops = images.dtype, boxes.shape[0]  # crops = V * B
     wy = _resample_matrix(boxes[:, 0], boxes[:, 2], height, out_h, antialias, dtype)  # [VB, oh, H]
@@ -136,7 +139,6 @@ def _resized_crop_matmul(
     # views of a batch read the one input, one pair of bmm per view: the intermediate of one
     # view stays cache-sized (20-35 % faster on a CPU than one pair over all views).
     flat = images.reshape(batch, channels * height, width)
-    out = images.new_empty(crops, channels, out_h, out_w)
     for start in range(0, crops, batch):
         rows = slice(start, start + batch)
         cols = torch.bmm(flat, wx[rows].transpose(1, 2)).view(batch * channels, height, out_w)
