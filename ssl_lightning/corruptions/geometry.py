@@ -4,7 +4,6 @@ and horizontal flip."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor
 
 from ssl_lightning.corruptions.base import apply_at_, mask_indices
@@ -114,14 +113,19 @@ def _resized_crop_per_box(
 ) -> Tensor:
     """:func:`resized_crop` as one ``F.interpolate`` per box: cost per output pixel, not per
     input pixel x output side."""
-    batch, size = images.shape[0], out.shape[-2:]
+    batch, size = images.shape[0], list(out.shape[-2:])
     flips = [False] * boxes.shape[0] if flip is None else flip.tolist()
+    # F.interpolate's own kernels (bilinear, align_corners=False), in their out= form: each
+    # crop is resized straight into its row of the batch, without a temporary and a copy
+    # (15-20 % of a 224 px view on a CPU).
+    aten = torch.ops.aten
+    resize = aten._upsample_bilinear2d_aa.out if antialias else aten.upsample_bilinear2d.out
     for i, (top, left, height, width) in enumerate(boxes.tolist()):
         crop = images[i % batch, None, :, top : top + height, left : left + width]
-        resized = nnf.interpolate(
-            crop, size=size, mode="bilinear", align_corners=False, antialias=antialias
-        )[0]
-        out[i] = resized.flip(-1) if flips[i] else resized
+        row = out[i : i + 1]
+        resize(crop, size, False, None, None, out=row)
+        if flips[i]:
+            row.copy_(row.flip(-1))
     return out
 
 
