@@ -449,13 +449,13 @@ def test_view_transform_equals_torchvision_per_image_with_the_same_parameters(
         torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize(("size", "one_at_a_time"), [(127, False), (128, True)])
-def test_a_cpu_augments_views_of_128_pixels_or_more_one_at_a_time(size, one_at_a_time):
+@pytest.mark.parametrize(("size", "one_at_a_time"), [(191, False), (192, True)])
+def test_a_cpu_augments_views_of_192_pixels_or_more_one_at_a_time(size, one_at_a_time):
     calls = []
     transform = ViewTransform(size=size)
     augment = transform._augment
     object.__setattr__(transform, "_augment", lambda *a, **k: calls.append(1) or augment(*a, **k))
-    views = transform(rand_images(2, 130, 130), gen(), num_views=3)
+    views = transform(rand_images(2, 194, 194), gen(), num_views=3)
     assert views.shape == (6, 3, size, size)
     assert len(calls) == (6 if one_at_a_time else 1)
 

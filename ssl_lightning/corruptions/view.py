@@ -31,8 +31,9 @@ from ssl_lightning.corruptions.sampling import (
 )
 
 # On a CPU, views of at least this many pixels are augmented one at a time (ViewTransform);
-# below it the batched ops win, their per-call overhead spread over the batch.
-PER_VIEW_MIN_PIXELS = 128 * 128
+# below it the batched ops win, their per-call overhead spread over the batch (level at 160 px;
+# benchmarks/per_view.py).
+PER_VIEW_MIN_PIXELS = 192 * 192
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,8 @@ class ViewTransform:
         if images.device.type != "cpu" or size[0] * size[1] < PER_VIEW_MIN_PIXELS:
             return self._augment(images, params, size)
         # On a CPU, one view at a time through every op: its pixels stay in the cache, where
-        # each batched op streams all the views through memory (2-3x faster at 224 px,
-        # benchmarks/augment.py). The same parameters give the same views.
+        # each batched op streams all the views through memory (1.4x faster at 192 and 224 px;
+        # benchmarks/per_view.py). The same parameters give the same views.
         views = images.new_empty(batch, images.shape[1], *size)
         for i in range(batch):
             j = i % images.shape[0]
