@@ -13,7 +13,6 @@ CPU augments one view at a time.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/per_view.py` imports the package
 
+from benchmarks._by_size import run_by_size  # noqa: E402
 from ssl_lightning.corruptions import ViewTransform, view  # noqa: E402
 
 SHAPES = (
@@ -72,27 +72,19 @@ def measure(side: int, size: int, batch: int, repeats: int = 7) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(
+    return run_by_size(
+        __doc__.split("\n")[0],
+        measure,
+        SHAPES,
         "| input -> view (images) | one at a time (ms/view) | batched (ms/view) | speedup "
-        "| largest difference | default |"
+        "| largest difference | default |",
+        lambda row: (
+            f"{row['per_view_ms']:.3f} | {row['batched_ms']:.3f} | {row['speedup']:.2f}x "
+            f"| {row['max_difference']:.1e} "
+            f"| {'one at a time' if row['default_per_view'] else 'batched'}"
+        ),
+        argv,
     )
-    print("|---|---|---|---|---|---|")
-    rows = []
-    for side, size, batch in SHAPES:
-        row = measure(side, size, batch, args.repeats)
-        rows.append(row)
-        print(
-            f"| {side} -> {size} ({batch}) | {row['per_view_ms']:.3f} | {row['batched_ms']:.3f} "
-            f"| {row['speedup']:.2f}x | {row['max_difference']:.1e} "
-            f"| {'one at a time' if row['default_per_view'] else 'batched'} |",
-            flush=True,
-        )
-    return rows
 
 
 if __name__ == "__main__":

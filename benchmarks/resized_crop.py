@@ -12,7 +12,6 @@ resizes per box.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/resized_crop.py` imports the package
 
+from benchmarks._by_size import run_by_size  # noqa: E402
 from ssl_lightning.corruptions import geometry  # noqa: E402
 from ssl_lightning.corruptions.sampling import sample_bernoulli, sample_crop_boxes  # noqa: E402
 
@@ -56,26 +56,18 @@ def measure(side: int, size: int, batch: int, repeats: int = 7) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(
+    return run_by_size(
+        __doc__.split("\n")[0],
+        measure,
+        SHAPES,
         "| input -> output (batch) | per box (ms/crop) | matmuls (ms/crop) | per box speedup "
-        "| default |"
+        "| default |",
+        lambda row: (
+            f"{row['per_box_ms']:.3f} | {row['matmul_ms']:.3f} | {row['speedup']:.2f}x "
+            f"| {'per box' if row['default_per_box'] else 'matmuls'}"
+        ),
+        argv,
     )
-    print("|---|---|---|---|---|")
-    rows = []
-    for side, size, batch in SHAPES:
-        row = measure(side, size, batch, args.repeats)
-        rows.append(row)
-        print(
-            f"| {side} -> {size} ({batch}) | {row['per_box_ms']:.3f} | {row['matmul_ms']:.3f} "
-            f"| {row['speedup']:.2f}x | {'per box' if row['default_per_box'] else 'matmuls'} |",
-            flush=True,
-        )
-    return rows
 
 
 if __name__ == "__main__":
