@@ -460,6 +460,18 @@ def test_a_cpu_augments_views_of_192_pixels_or_more_one_at_a_time(size, one_at_a
     assert len(calls) == (6 if one_at_a_time else 1)
 
 
+def test_both_cpu_paths_give_the_same_views_of_every_image_for_several_views(monkeypatch):
+    """View ``i`` of the one-at-a-time path reads image ``i % B``, as the batched path does."""
+    images = rand_images(3, 40, 36)
+    transform = ViewTransform(size=24, hue=0.3, blur_p=0.5, solarize_p=0.5)
+    views = {}
+    for name, threshold in (("per-view", 0), ("batched", 1 << 62)):
+        monkeypatch.setattr(view_module, "PER_VIEW_MIN_PIXELS", threshold)
+        views[name] = transform(images, gen(7), num_views=4)
+    assert views["per-view"].shape == (12, 3, 24, 24)
+    torch.testing.assert_close(views["per-view"], views["batched"], atol=1e-6, rtol=0)
+
+
 def test_blur_and_solarize_parameters_differ_per_image():
     images = rand_images(1).expand(32, -1, -1, -1)
     only_blur = ViewTransform(crop_scale=(1.0, 1.0), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=1)

@@ -111,8 +111,8 @@ PER_BOX_MIN_PIXELS = 64 * 64
 def _resized_crop_per_box(
     images: Tensor, boxes: Tensor, out: Tensor, antialias: bool, flip: Tensor | None
 ) -> Tensor:
-    """:func:`resized_crop` as one ``F.interpolate`` per box: cost per output pixel, not per
-    input pixel x output side."""
+    """:func:`resized_crop` as one resize per box (``F.interpolate``'s bilinear kernel): cost
+    per output pixel, not per input pixel x output side."""
     batch, size = images.shape[0], list(out.shape[-2:])
     flips = [False] * boxes.shape[0] if flip is None else flip.tolist()
     # F.interpolate's own kernels (bilinear, align_corners=False), in their out= form: each

@@ -197,7 +197,7 @@ class ViewTransform:
         self, images: Tensor, p: _ViewParams, size: tuple[int, int], out: Tensor | None = None
     ) -> Tensor:
         """The views of ``p`` (row ``i`` of image ``i % B``), batched per op, into ``out``."""
-        # resized_crop writes a new tensor, so the other ops can work on it in place.
+        # resized_crop writes a new tensor (or out), so the other ops can work on it in place.
         views = resized_crop(images, p.boxes, size, flip=p.flip, out=out)
         _color_jitter_(views, p.factors, p.order, p.jitter)
         _grayscale_(views, p.gray)
