@@ -4,7 +4,8 @@
 per op; each call streams all the views through memory) and the same ops on one view at a
 time (its pixels stay in the cache from crop to clamp; a Python loop over the views). Both
 run, alternating repeat after repeat, on the same images with the same generator seed
-(``SimCLRViews``' crop, flip, jitter and grayscale, two views per image); the median of the
+(``SimCLRViews``' crop, flip, jitter and grayscale, two views per image, from uint8 images as
+the datamodule gives them); the median of the
 repeats counts. The crossover sets ``view.PER_VIEW_MIN_PIXELS``, the view size from which a
 CPU augments one view at a time.
 
@@ -43,7 +44,9 @@ PATHS = {"per_view": 0, "batched": 1 << 62}
 
 def measure(side: int, size: int, batch: int, repeats: int = 7) -> dict[str, float]:
     """Milliseconds per view of both paths, their ratio, and the path ``ViewTransform`` takes."""
-    images = torch.rand(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
+    # uint8, as the datamodule gives the view recipes their batches.
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, side, side), generator=generator, dtype=torch.uint8)
     transform = ViewTransform(size=size)
     default = view.PER_VIEW_MIN_PIXELS
     times: dict[str, list[float]] = {name: [] for name in PATHS}

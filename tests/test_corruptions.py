@@ -395,6 +395,7 @@ def test_same_seed_same_views_other_seed_other_views():
 def _tv_view(image, box, flip, jitter, factors, order, gray, size, blur=None, solar=None):
     """torchvision's per-image functional ops with the given parameters, in recipe order."""
     out = F.resized_crop(image, *box.tolist(), [size, size], InterpolationMode.BILINEAR, True)
+    out = F.to_dtype(out, torch.float32, scale=True)  # uint8 crops become floats in [0, 1]
     if flip:
         out = F.horizontal_flip(out)
     if jitter:
@@ -409,20 +410,25 @@ def _tv_view(image, box, flip, jitter, factors, order, gray, size, blur=None, so
     return out
 
 
+@pytest.mark.parametrize("uint8", [False, True], ids=["float", "uint8"])
 @pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batched", "per-view"])
 def test_view_transform_equals_torchvision_per_image_with_the_same_parameters(
-    one_at_a_time, monkeypatch
+    one_at_a_time, uint8, monkeypatch
 ):
     """The whole recipe, blur and solarization included, against torchvision image by image,
-    on both CPU paths: every op batched, and one view at a time through every op."""
+    on both CPU paths: every op batched, and one view at a time through every op. From uint8
+    images at a size where crops are resized per box: torchvision's uint8 resize, then floats."""
     monkeypatch.setattr(view_module, "PER_VIEW_MIN_PIXELS", 0 if one_at_a_time else 1 << 62)
-    batch, size = 32, 24
-    images = rand_images(batch, 32, 40)
+    batch, (height, width, size) = 32, ((80, 72, 64) if uint8 else (32, 40, 24))
+    images = rand_images(batch, height, width)
+    if uint8:
+        images = images.mul(255).round_().to(torch.uint8)
     view = ViewTransform(size=size, hue=0.3, blur_p=0.6, solarize_p=0.5, solarize_threshold=0.6)
     out = view(images, gen(5))
+    assert out.dtype == torch.float32
     # Draw the parameters again, in the order ViewTransform draws them.
     g = gen(5)
-    boxes = sample_crop_boxes(batch, 32, 40, view.crop_scale, view.crop_ratio, g)
+    boxes = sample_crop_boxes(batch, height, width, view.crop_scale, view.crop_ratio, g)
     flip = sample_bernoulli(batch, view.flip_p, g)
     jitter = sample_bernoulli(batch, view.jitter_p, g)
     factors = sample_jitter_factors(batch, 0.4, 0.4, 0.2, 0.3, g)
@@ -449,26 +455,31 @@ def test_view_transform_equals_torchvision_per_image_with_the_same_parameters(
         torch.testing.assert_close(out[i], expected, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize(("size", "one_at_a_time"), [(191, False), (192, True)])
-def test_a_cpu_augments_views_of_192_pixels_or_more_one_at_a_time(size, one_at_a_time):
+@pytest.mark.parametrize(("size", "one_at_a_time"), [(159, False), (160, True)])
+def test_a_cpu_augments_views_of_160_pixels_or_more_one_at_a_time(size, one_at_a_time):
     calls = []
     transform = ViewTransform(size=size)
     augment = transform._augment
     object.__setattr__(transform, "_augment", lambda *a, **k: calls.append(1) or augment(*a, **k))
-    views = transform(rand_images(2, 194, 194), gen(), num_views=3)
+    views = transform(rand_images(2, 162, 162), gen(), num_views=3)
     assert views.shape == (6, 3, size, size)
     assert len(calls) == (6 if one_at_a_time else 1)
 
 
-def test_both_cpu_paths_give_the_same_views_of_every_image_for_several_views(monkeypatch):
-    """View ``i`` of the one-at-a-time path reads image ``i % B``, as the batched path does."""
-    images = rand_images(3, 40, 36)
-    transform = ViewTransform(size=24, hue=0.3, blur_p=0.5, solarize_p=0.5)
+@pytest.mark.parametrize("uint8", [False, True], ids=["float", "uint8"])
+def test_both_cpu_paths_give_the_same_views_of_every_image_for_several_views(uint8, monkeypatch):
+    """View ``i`` of the one-at-a-time path reads image ``i % B``, as the batched path does
+    (from uint8 images at a size whose crops are resized as uint8 on both paths)."""
+    size = 64 if uint8 else 24
+    images = rand_images(3, size + 6, size + 2)
+    if uint8:
+        images = images.mul(255).round_().to(torch.uint8)
+    transform = ViewTransform(size=size, hue=0.3, blur_p=0.5, solarize_p=0.5)
     views = {}
     for name, threshold in (("per-view", 0), ("batched", 1 << 62)):
         monkeypatch.setattr(view_module, "PER_VIEW_MIN_PIXELS", threshold)
         views[name] = transform(images, gen(7), num_views=4)
-    assert views["per-view"].shape == (12, 3, 24, 24)
+    assert views["per-view"].shape == (12, 3, size, size)
     torch.testing.assert_close(views["per-view"], views["batched"], atol=1e-6, rtol=0)
 
 

@@ -209,7 +209,7 @@ class KNNMonitor(L.Callback):
         for chunk in rows.split(self.chunk_size):
             images, labels = train_set.__getitems__(chunk.tolist())  # host tensors
             x = images.to(pl_module.device).float().div_(255)
-            x = normalize(x, datamodule.mean, datamodule.std)
+            x = normalize(x, datamodule.mean, datamodule.std, inplace=True)
             features = self._reader.images(pl_module, x)  # [n, D'], through the head if set
             self.add_train(features, labels.to(pl_module.device), trainer.world_size)
 

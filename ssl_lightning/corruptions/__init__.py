@@ -28,7 +28,7 @@ No op loops over images in Python: ops applied to a random subset (flip, jitter,
 blur) index the subset, run once on it, and write it back.
 """
 
-from ssl_lightning.corruptions.base import CleanView, Corruption, normalize
+from ssl_lightning.corruptions.base import CleanView, Corruption, corrupt_batch, normalize
 from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.corruptions.blur import blur_kernel_sizes, gaussian_blur
 from ssl_lightning.corruptions.color import (
@@ -75,6 +75,7 @@ __all__ = [
     "adjust_saturation",
     "blur_kernel_sizes",
     "color_jitter",
+    "corrupt_batch",
     "gaussian_blur",
     "grayscale",
     "hflip",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -15,13 +16,35 @@ class Corruption:
 
     Subclasses take typed ``__init__`` arguments (so configs can build them) and implement
     ``__call__``. The images returned stay in ``[0, 1]``: the datamodule normalizes them.
+
+    Attributes:
+        accepts_uint8: ``True`` when ``__call__`` also takes the datamodule's uint8 images
+            (``[0, 255]``) and returns float views: the datamodule then hands them over as they
+            are, and a corruption that crops first scales only its crops (the view recipes).
+        returns_new_tensors: ``True`` when every image tensor of the returned batch is new
+            (or the images given) and none is returned twice or kept: the datamodule then
+            normalizes them in place. Every corruption of the library is such; the ``False``
+            default makes the datamodule normalize copies, safe for any corruption. A subclass
+            that overrides ``__call__`` inherits neither flag: it sets them itself.
     """
+
+    accepts_uint8: ClassVar[bool] = False
+    returns_new_tensors: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass with its own __call__ makes its own promises: it inherits neither.
+        if "__call__" in vars(cls):
+            for name in ("accepts_uint8", "returns_new_tensors"):
+                if name not in vars(cls):
+                    setattr(cls, name, False)
 
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
         """Corrupts a batch.
 
         Args:
-            images: ``[B, 3, H, W]`` float in ``[0, 1]``, on the training device.
+            images: ``[B, 3, H, W]`` float in ``[0, 1]`` (or uint8 in ``[0, 255]`` when
+                ``accepts_uint8``), on the training device.
             labels: ``[B]`` int64 class labels (``-1`` = unlabeled).
             generator: CPU generator to draw every random parameter from.
         """
@@ -35,15 +58,44 @@ class Corruption:
 class CleanView(Corruption):
     """No corruption: one view, the clean image (used for validation and evaluation)."""
 
+    returns_new_tensors = True
+
     def __call__(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Batch:
         return Batch(views=[images], labels=labels)
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Per-channel ``(x - mean) / std`` of ``[B, C, H, W]`` images, like ``F.normalize``."""
+def normalize(
+    images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], inplace: bool = False
+) -> Tensor:
+    """Per-channel ``(x - mean) / std`` of ``[B, C, H, W]`` images, like ``F.normalize``.
+
+    ``inplace=True`` overwrites ``images`` (the same arithmetic): one pass over memory the
+    caller owns instead of two new tensors (5x faster for a batch of 224 px views on a CPU).
+    """
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    if inplace:
+        return images.sub_(mean_t).div_(std_t)
     return (images - mean_t) / std_t
+
+
+def corrupt_batch(
+    corruption: Corruption,
+    images: Tensor,
+    labels: Tensor,
+    generator: torch.Generator,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Batch:
+    """``corruption`` applied to a ``[B, 3, H, W]`` uint8 batch, its images then normalized.
+
+    The batch is made float in ``[0, 1]`` first unless the corruption ``accepts_uint8``; the
+    images it returns are normalized in place where it ``returns_new_tensors``, else copied.
+    """
+    x = images if corruption.accepts_uint8 else images.float().div_(255)
+    out = corruption(x, labels, generator)
+    inplace = corruption.returns_new_tensors
+    return out.map_images(lambda t: normalize(t, mean, std, inplace=inplace))
 
 
 # ---------------------------------------------------------------------------------------------

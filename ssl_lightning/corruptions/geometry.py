@@ -74,8 +74,11 @@ def resized_crop(
     64 x 64 pixels or more are resized one box at a time (``F.interpolate`` on the crop, 1.1x
     the matmuls' speed at 64 px, 2.8x at 224 px from 256 px; ``benchmarks/resized_crop.py``).
 
+    uint8 images give uint8 crops, as torchvision's uint8 resize does (on a CPU, one resize
+    per box is PIL-speed integer arithmetic, 2x the float kernel at 224 px).
+
     Args:
-        images: ``[B, C, H, W]`` float images.
+        images: ``[B, C, H, W]`` float or uint8 images.
         boxes: ``[V * B, 4]`` int ``(top, left, height, width)`` boxes inside the image: one
             per image, or ``V`` views of the batch, view-major (box ``i`` crops image
             ``i % B``).
@@ -87,7 +90,7 @@ def resized_crop(
         out: optional contiguous ``[V * B, C, size_h, size_w]`` tensor to write the crops into.
 
     Returns:
-        ``[V * B, C, size_h, size_w]`` images (``out`` when given).
+        ``[V * B, C, size_h, size_w]`` images of the input's dtype (``out`` when given).
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch = images.shape[0]
@@ -98,14 +101,23 @@ def resized_crop(
         )
     if out is None:
         out = images.new_empty(boxes.shape[0], images.shape[1], out_h, out_w)
-    if images.device.type == "cpu" and out_h * out_w >= PER_BOX_MIN_PIXELS:
+    if resizes_per_box(images.device, (out_h, out_w)):
         return _resized_crop_per_box(images, boxes, out, antialias, flip)
+    if images.dtype == torch.uint8:
+        # The matmuls need floats: resize in float and round, like a uint8 resize.
+        crops = _resized_crop_matmul(images.float(), boxes, out.float(), antialias, flip)
+        return out.copy_(crops.round_().clamp_(0, 255))
     return _resized_crop_matmul(images, boxes, out, antialias, flip)
 
 
 # On a CPU, one resize per box beats the batched matmuls from 64 x 64 outputs up; below, the
 # per-call overhead of a Python loop wins (0.5x at 32 px). Measured by benchmarks/resized_crop.py.
 PER_BOX_MIN_PIXELS = 64 * 64
+
+
+def resizes_per_box(device: torch.device, size: tuple[int, int]) -> bool:
+    """Whether :func:`resized_crop` resizes each box on its own (else by batched matmuls)."""
+    return device.type == "cpu" and size[0] * size[1] >= PER_BOX_MIN_PIXELS
 
 
 def _resized_crop_per_box(

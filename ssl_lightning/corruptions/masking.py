@@ -95,6 +95,8 @@ class PatchMask(Corruption):
         (torch.Size([2, 8, 8]), [48, 48])
     """
 
+    returns_new_tensors = True
+
     def __init__(
         self,
         patch_size: int = 4,

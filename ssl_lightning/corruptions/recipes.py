@@ -43,6 +43,8 @@ class SimCLRViews(Corruption):
         16
     """
 
+    accepts_uint8 = returns_new_tensors = True
+
     def __init__(
         self,
         num_views: int = 2,
@@ -80,6 +82,8 @@ class BYOLViews(Corruption):
         >>> [v.solarize_p for v in BYOLViews(view2=ViewTransform(solarize_p=0.5)).views]
         [0.0, 0.5]
     """
+
+    accepts_uint8 = returns_new_tensors = True
 
     def __init__(
         self,
@@ -121,6 +125,8 @@ class MultiCropViews(Corruption):
         >>> [tuple(v.shape[-2:]) for v in batch.views]
         [(32, 32), (32, 32), (16, 16), (16, 16), (16, 16), (16, 16)]
     """
+
+    accepts_uint8 = returns_new_tensors = True
 
     def __init__(
         self,

@@ -66,6 +66,8 @@ class Rotations(Corruption):
         (4, [0, 0, 1, 1, 2, 2, 3, 3])
     """
 
+    returns_new_tensors = True
+
     def __init__(
         self, mode: Literal["all", "random"] = "all", view: ViewTransform | None = None
     ) -> None:

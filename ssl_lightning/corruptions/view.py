@@ -21,7 +21,7 @@ from ssl_lightning.corruptions.base import (
 )
 from ssl_lightning.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
 from ssl_lightning.corruptions.color import _color_jitter_, _grayscale_, _solarize_
-from ssl_lightning.corruptions.geometry import resized_crop
+from ssl_lightning.corruptions.geometry import resized_crop, resizes_per_box
 from ssl_lightning.corruptions.sampling import (
     sample_bernoulli,
     sample_crop_boxes,
@@ -31,9 +31,9 @@ from ssl_lightning.corruptions.sampling import (
 )
 
 # On a CPU, views of at least this many pixels are augmented one at a time (ViewTransform);
-# below it the batched ops win, their per-call overhead spread over the batch (level at 160 px;
-# benchmarks/per_view.py).
-PER_VIEW_MIN_PIXELS = 192 * 192
+# below it the batched ops win, their per-call overhead spread over the batch (level at 128 px,
+# 1.2-1.3x faster one at a time at 160 px from uint8 images; benchmarks/per_view.py).
+PER_VIEW_MIN_PIXELS = 160 * 160
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,11 @@ class ViewTransform:
         applied once to ``images.repeat(num_views, 1, 1, 1)``.
 
         Args:
-            images: ``[B, 3, H, W]`` float in ``[0, 1]``, on any device.
+            images: ``[B, 3, H, W]`` float in ``[0, 1]``, or uint8 in ``[0, 255]``, on any
+                device. Where crops are resized one box at a time (a CPU, views of 64 x 64 or
+                more), uint8 crops are resized as uint8, as PIL and torchvision do, then
+                scaled to ``[0, 1]``: a quarter of the bytes to read, and no float copy of
+                the whole images; elsewhere the images are made float first.
             generator: CPU generator to draw the parameters from.
             num_views: views per image (at least 1).
 
@@ -161,12 +165,15 @@ class ViewTransform:
             )
         size = (height, width) if self.size is None else (self.size, self.size)
         params = self._sample(batch, height, width, size, generator)
+        if images.dtype == torch.uint8 and not resizes_per_box(images.device, size):
+            images = images.float().div_(255)
         if images.device.type != "cpu" or size[0] * size[1] < PER_VIEW_MIN_PIXELS:
             return self._augment(images, params, size)
         # On a CPU, one view at a time through every op: its pixels stay in the cache, where
-        # each batched op streams all the views through memory (1.4x faster at 192 and 224 px;
+        # each batched op streams all the views through memory (1.3x to 1.8x faster from 160 px;
         # benchmarks/per_view.py). The same parameters give the same views.
-        views = images.new_empty(batch, images.shape[1], *size)
+        dtype = images.dtype if images.is_floating_point() else torch.float32
+        views = images.new_empty(batch, images.shape[1], *size, dtype=dtype)
         for i in range(batch):
             j = i % images.shape[0]
             self._augment(images[j : j + 1], params.row(i), size, out=views[i : i + 1])
@@ -198,7 +205,12 @@ class ViewTransform:
     ) -> Tensor:
         """The views of ``p`` (row ``i`` of image ``i % B``), batched per op, into ``out``."""
         # resized_crop writes a new tensor (or out), so the other ops can work on it in place.
-        views = resized_crop(images, p.boxes, size, flip=p.flip, out=out)
+        if images.dtype == torch.uint8:
+            # uint8 crops (one resize per box, integer arithmetic), then floats in [0, 1].
+            crops = resized_crop(images, p.boxes, size, flip=p.flip)
+            views = crops.float().div_(255) if out is None else torch.div(crops, 255, out=out)
+        else:
+            views = resized_crop(images, p.boxes, size, flip=p.flip, out=out)
         _color_jitter_(views, p.factors, p.order, p.jitter)
         _grayscale_(views, p.gray)
         if p.blur is not None and p.sigma is not None and p.kernel is not None:

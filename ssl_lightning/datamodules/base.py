@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_lightning.corruptions import Batch, CleanView, Corruption, PretextModel, normalize
+from ssl_lightning.corruptions import Batch, CleanView, Corruption, PretextModel, corrupt_batch
 from ssl_lightning.datamodules.dataset import InMemoryDataset, keep_batch
 from ssl_lightning.datamodules.resume import EpochPosition, EpochShuffleSampler, ResumableDataLoader
 from ssl_lightning.splits import class_interleaved, label_subset, mix_seed, stratified_holdout
@@ -244,15 +244,14 @@ class InMemoryDataModule(L.LightningDataModule):
         }
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Batch:
-        images, labels = batch
-        x = images.float().div_(255)  # [B, 3, H, W] in [0, 1], on the device
+        images, labels = batch  # [B, 3, H, W] uint8, on the device
         trainer = self.trainer
         if trainer is not None and trainer.training:
             self._position.count(getattr(trainer, "current_epoch", 0))
-            out = self.train_corruption()(x, labels, self._next_generator())
+            corruption, generator = self.train_corruption(), self._next_generator()
         else:
-            out = Batch(views=[x], labels=labels)
-        return out.map_images(lambda t: normalize(t, self.mean, self.std))
+            corruption, generator = CleanView(), torch.Generator()
+        return corrupt_batch(corruption, images, labels, generator, self.mean, self.std)
 
     def train_corruption(self) -> Corruption:
         """The corruption of training batches, resolved once: the configured one (checked by

@@ -73,7 +73,8 @@ def extract_features(
         chunks = []
         batches = images.split(batch_size)
         for batch in tqdm(batches, desc="features", unit="batch", disable=not progress):
-            x = normalize(batch.to(device).float().div_(255), tuple(mean), tuple(std))
+            x = batch.to(device).float().div_(255)  # [b, 3, H, W], a new tensor
+            x = normalize(x, tuple(mean), tuple(std), inplace=True)
             chunks.append(stage_features(backbone, x, stages).float().cpu())
         return torch.cat(chunks)
     finally:
