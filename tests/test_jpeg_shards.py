@@ -182,6 +182,8 @@ def test_stored_images_decode_like_pil_on_the_same_bytes(tmp_path: Path) -> None
         images = dm.train_set.images  # [12, 3, S, S]
         side = image_size or 20
         assert images.shape == (12, 3, side, side)
+        # channels-last on the CPU, the decoder's own layout
+        assert images.is_contiguous(memory_format=torch.channels_last)
         shards = dm.train_set.shards  # type: ignore[attr-defined]
         for row in range(12):
             pil = Image.open(io.BytesIO(shards.read(row).numpy().tobytes())).convert("RGB")

@@ -13,6 +13,7 @@ from ssl_lightning.corruptions import (
     Rotations,
     SimCLRViews,
     ViewTransform,
+    corrupt_batch,
     geometry,
     sample_bernoulli,
     sample_crop_boxes,
@@ -128,3 +129,26 @@ def test_a_subclass_with_its_own_call_inherits_neither_promise():
     assert (Overrides.accepts_uint8, Overrides.returns_new_tensors) == (False, False)
     assert (Keeps.accepts_uint8, Keeps.returns_new_tensors) == (True, True)
     assert (Declares.accepts_uint8, Declares.returns_new_tensors) == (True, False)
+
+
+@pytest.mark.parametrize("size", [24, 64, 160])
+def test_channels_last_uint8_images_give_the_same_contiguous_views(size):
+    """Decoded JPEG batches are channels-last on the CPU: the same views, contiguous, on the
+    matmul (24 px), batched per-box (64 px) and one-at-a-time (160 px) paths."""
+    images = uint8_images(3, size + 8, size + 4)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    transform = ViewTransform(size=size, hue=0.3, blur_p=0.5)
+    expected = transform(images, gen(2), num_views=2)
+    views = transform(channels_last, gen(2), num_views=2)
+    assert views.is_contiguous() and torch.equal(views, expected)
+    crops = geometry.resized_crop(channels_last, torch.tensor([[1, 2, size, size]] * 3), size)
+    assert torch.equal(
+        crops, geometry.resized_crop(images, torch.tensor([[1, 2, size, size]] * 3), size)
+    )
+
+
+def test_cleanview_of_a_channels_last_batch_is_contiguous():
+    images = uint8_images(2, 8, 8).contiguous(memory_format=torch.channels_last)
+    batch = corrupt_batch(CleanView(), images, torch.zeros(2), gen(), (0.5,) * 3, (0.25,) * 3)
+    assert batch.views[0].is_contiguous()
+    torch.testing.assert_close(batch.views[0], (images.float() / 255 - 0.5) / 0.25)

@@ -79,6 +79,11 @@ def normalize(
     return (images - mean_t) / std_t
 
 
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 images as contiguous float32 in ``[0, 1]`` (whatever the input's memory layout)."""
+    return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+
+
 def corrupt_batch(
     corruption: Corruption,
     images: Tensor,
@@ -92,7 +97,7 @@ def corrupt_batch(
     The batch is made float in ``[0, 1]`` first unless the corruption ``accepts_uint8``; the
     images it returns are normalized in place where it ``returns_new_tensors``, else copied.
     """
-    x = images if corruption.accepts_uint8 else images.float().div_(255)
+    x = images if corruption.accepts_uint8 else to_unit_float(images)
     out = corruption(x, labels, generator)
     inplace = corruption.returns_new_tensors
     return out.map_images(lambda t: normalize(t, mean, std, inplace=inplace))

@@ -99,9 +99,15 @@ def resized_crop(
             f"resized_crop needs one box per image or several per image (a multiple of the "
             f"{batch} images), got {boxes.shape[0]} boxes"
         )
+    per_box = resizes_per_box(images.device, (out_h, out_w))
     if out is None:
-        out = images.new_empty(boxes.shape[0], images.shape[1], out_h, out_w)
-    if resizes_per_box(images.device, (out_h, out_w)):
+        # Per box, in the images' layout: channels-last uint8 (decoded JPEGs) is the integer
+        # kernel's native one, 4x faster than contiguous at 256 -> 224 px.
+        channels_last = per_box and images.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        shape = (boxes.shape[0], images.shape[1], out_h, out_w)
+        out = torch.empty(shape, dtype=images.dtype, device=images.device, memory_format=layout)
+    if per_box:
         return _resized_crop_per_box(images, boxes, out, antialias, flip)
     if images.dtype == torch.uint8:
         # The matmuls need floats: resize in float and round, like a uint8 resize.

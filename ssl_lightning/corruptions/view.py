@@ -18,6 +18,7 @@ from ssl_lightning.corruptions.base import (
     check_range,
     check_size,
     check_strength,
+    to_unit_float,
 )
 from ssl_lightning.corruptions.blur import blur_, blur_kernel_sizes, check_kernel_size
 from ssl_lightning.corruptions.color import _color_jitter_, _grayscale_, _solarize_
@@ -166,7 +167,7 @@ class ViewTransform:
         size = (height, width) if self.size is None else (self.size, self.size)
         params = self._sample(batch, height, width, size, generator)
         if images.dtype == torch.uint8 and not resizes_per_box(images.device, size):
-            images = images.float().div_(255)
+            images = to_unit_float(images)
         if images.device.type != "cpu" or size[0] * size[1] < PER_VIEW_MIN_PIXELS:
             return self._augment(images, params, size)
         # On a CPU, one view at a time through every op: its pixels stay in the cache, where
@@ -206,9 +207,12 @@ class ViewTransform:
         """The views of ``p`` (row ``i`` of image ``i % B``), batched per op, into ``out``."""
         # resized_crop writes a new tensor (or out), so the other ops can work on it in place.
         if images.dtype == torch.uint8:
-            # uint8 crops (one resize per box, integer arithmetic), then floats in [0, 1].
+            # uint8 crops (one resize per box, integer arithmetic, in the images' layout), then
+            # one copy into contiguous floats in [0, 1].
             crops = resized_crop(images, p.boxes, size, flip=p.flip)
-            views = crops.float().div_(255) if out is None else torch.div(crops, 255, out=out)
+            if out is None:
+                out = torch.empty(crops.shape, device=crops.device)
+            views = torch.div(crops, 255, out=out)
         else:
             views = resized_crop(images, p.boxes, size, flip=p.flip, out=out)
         _color_jitter_(views, p.factors, p.order, p.jitter)

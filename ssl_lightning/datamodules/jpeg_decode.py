@@ -76,7 +76,8 @@ def decode_batch(
             otherwise the first one is an error.
 
     Returns:
-        ``(images [K, 3, S, S] uint8 on device, positions in data of those K images)``.
+        ``(images [K, 3, S, S] uint8 on device, channels-last on the CPU, positions in data
+        of those K images)``.
 
     Raises:
         BadImageError: naming the image, unless ``skip_bad_files``.
@@ -99,7 +100,13 @@ def decode_batch(
                 warnings.warn(f"skipped {reason} (skip_bad_files=True)", stacklevel=2)
                 continue
             kept.append(i)
-    out = torch.empty((len(decoded), 3, size, size), dtype=torch.uint8, device=device)
+    # On the CPU the batch is channels-last, the decoder's own H x W x 3 layout: each copy is
+    # a plain memcpy (not a transpose), and the uint8 resize of the views' crops runs its
+    # native kernel on it (benchmarks/jpeg_storage.py).
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    out = torch.empty(
+        (len(decoded), 3, size, size), dtype=torch.uint8, device=device, memory_format=layout
+    )
     for i, image in enumerate(decoded):
         out[i] = center_square(image, size)
     return out, kept
