@@ -20,7 +20,7 @@ from ssl_lightning.callbacks.common import (
     state_key_fields,
     warn_if_no_validation,
 )
-from ssl_lightning.corruptions import normalize
+from ssl_lightning.corruptions import normalize, to_unit_float
 from ssl_lightning.knn import knn_predict
 from ssl_lightning.labels import LabelRange
 
@@ -208,7 +208,7 @@ class KNNMonitor(L.Callback):
         self._features, self._labels, self._stored = [], [], 0
         for chunk in rows.split(self.chunk_size):
             images, labels = train_set.__getitems__(chunk.tolist())  # host tensors
-            x = images.to(pl_module.device).float().div_(255)
+            x = to_unit_float(images.to(pl_module.device))
             x = normalize(x, datamodule.mean, datamodule.std, inplace=True)
             features = self._reader.images(pl_module, x)  # [n, D'], through the head if set
             self.add_train(features, labels.to(pl_module.device), trainer.world_size)

@@ -28,7 +28,13 @@ No op loops over images in Python: ops applied to a random subset (flip, jitter,
 blur) index the subset, run once on it, and write it back.
 """
 
-from ssl_lightning.corruptions.base import CleanView, Corruption, corrupt_batch, normalize
+from ssl_lightning.corruptions.base import (
+    CleanView,
+    Corruption,
+    corrupt_batch,
+    normalize,
+    to_unit_float,
+)
 from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.corruptions.blur import blur_kernel_sizes, gaussian_blur
 from ssl_lightning.corruptions.color import (
@@ -90,4 +96,5 @@ __all__ = [
     "sample_permutations",
     "sample_uniform",
     "solarize",
+    "to_unit_float",
 ]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_features, stage_widths
-from ssl_lightning.corruptions import normalize
+from ssl_lightning.corruptions import normalize, to_unit_float
 from ssl_lightning.knn import knn_predict
 from ssl_lightning.splits import stratified_holdout
 
@@ -73,7 +73,7 @@ def extract_features(
         chunks = []
         batches = images.split(batch_size)
         for batch in tqdm(batches, desc="features", unit="batch", disable=not progress):
-            x = batch.to(device).float().div_(255)  # [b, 3, H, W], a new tensor
+            x = to_unit_float(batch.to(device))  # [b, 3, H, W], a new tensor
             x = normalize(x, tuple(mean), tuple(std), inplace=True)
             chunks.append(stage_features(backbone, x, stages).float().cpu())
         return torch.cat(chunks)
