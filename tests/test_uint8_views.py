@@ -6,8 +6,10 @@ import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
 from ssl_lightning.corruptions import (
+    Batch,
     BYOLViews,
     CleanView,
+    Corruption,
     MultiCropViews,
     PatchMask,
     Rotations,
@@ -15,8 +17,10 @@ from ssl_lightning.corruptions import (
     ViewTransform,
     corrupt_batch,
     geometry,
+    normalize,
     sample_bernoulli,
     sample_crop_boxes,
+    to_unit_float,
 )
 
 ATOL = 1e-5
@@ -152,3 +156,49 @@ def test_cleanview_of_a_channels_last_batch_is_contiguous():
     batch = corrupt_batch(CleanView(), images, torch.zeros(2), gen(), (0.5,) * 3, (0.25,) * 3)
     assert batch.views[0].is_contiguous()
     torch.testing.assert_close(batch.views[0], (images.float() / 255 - 0.5) / 0.25)
+
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [SimCLRViews(), BYOLViews(), MultiCropViews(), Rotations(), PatchMask(), CleanView()],
+    ids=lambda c: type(c).__name__,
+)
+def test_normalizing_in_place_gives_what_normalizing_copies_gives(corruption):
+    """Every library corruption declares new tensors: no returned tensor is normalized twice."""
+    assert corruption.returns_new_tensors
+    images, labels = uint8_images(4, 32, 32), torch.zeros(4, dtype=torch.long)
+    x = images if corruption.accepts_uint8 else to_unit_float(images)
+    expected = corruption(x, labels, gen(1)).map_images(lambda t: normalize(t, MEAN, STD))
+    got = corrupt_batch(corruption, images, labels, gen(1), MEAN, STD)
+    assert len(got.views) == len(expected.views)
+    for view, want in zip(got.views, expected.views, strict=True):
+        torch.testing.assert_close(view, want)
+    if expected.clean is not None:
+        torch.testing.assert_close(got.clean, expected.clean)
+
+
+def test_a_corruption_that_keeps_its_tensors_gets_them_normalized_as_copies():
+    class Keeping(Corruption):
+        def __init__(self) -> None:
+            self.kept = torch.rand(2, 3, 8, 8, generator=gen(3))
+
+        def __call__(self, images, labels, generator):
+            return Batch(views=[self.kept, self.kept], labels=labels)
+
+    corruption = Keeping()
+    before = corruption.kept.clone()
+    for _ in range(2):
+        out = corrupt_batch(corruption, uint8_images(2, 8, 8), torch.zeros(2), gen(), MEAN, STD)
+        for view in out.views:
+            torch.testing.assert_close(view, normalize(before, MEAN, STD))
+    assert torch.equal(corruption.kept, before)
+
+
+def test_normalize_in_place_is_the_same_arithmetic_on_the_same_tensor():
+    images = torch.rand(2, 3, 5, 5, generator=gen(4))
+    expected = normalize(images, MEAN, STD)
+    result = normalize(images, MEAN, STD, inplace=True)
+    assert result is images and torch.equal(result, expected)
