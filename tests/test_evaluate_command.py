@@ -119,3 +119,30 @@ def test_stage_selections_sliced_from_one_extraction_match_their_own_evaluation(
         expected = _reference(backbone, selection)
         assert result.linear_top1 == pytest.approx(expected["linear_top1"], abs=1e-6)
         assert result.knn_top1 == pytest.approx(expected["knn_top1"], abs=1e-6)
+
+
+def test_top5_of_five_classes_is_not_reported(
+    tmp_path: Path,
+    simclr_checkpoint: tuple[Path, SimCLR],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With 5 classes every label is in the top 5: the row says "-" (null in the file, which
+    stays strict JSON), as fine-tuning and LinearEvaluation leave top-5 out; 6 classes count."""
+    ckpt, _ = simclr_checkpoint
+    out = tmp_path / "rows.jsonl"
+    for num_classes in (5, 6):
+        data = tmp_path / f"classes{num_classes}"
+        for split in ("train", "test"):
+            for name in sorted(p.name for p in (SAMPLE / split).iterdir())[:num_classes]:
+                shutil.copytree(SAMPLE / split / name, data / split / name)
+        main(["evaluate", str(ckpt), "--data-dir", str(data), "--out", str(out)])
+    five, six = (
+        json.loads(line, parse_constant=pytest.fail) for line in out.read_text().splitlines()
+    )
+    assert five["linear_top5"] is None
+    assert 0.0 <= six["linear_top5"] <= 1.0
+    tables = capsys.readouterr().out
+    assert f"| {ckpt} | last | 100% | {five['linear_top1']:.1%} | - |" in tables
+    assert (
+        f"| {ckpt} | last | 100% | {six['linear_top1']:.1%} | {six['linear_top5']:.1%} |" in tables
+    )

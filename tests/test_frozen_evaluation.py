@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -79,7 +81,7 @@ def test_frozen_evaluation_scores_linear_and_knn() -> None:
     test_x = extract_features(backbone, test, MEAN, STD)
     knn = knn_predict(test_x, F.normalize(train_x, dim=1), train_labels, 3, k=5)
     assert result.knn_top1 == float((knn == test_labels).float().mean())
-    assert result.linear_top5 == 1.0  # 3 classes: the top 5 hold them all
+    assert math.isnan(result.linear_top5)  # 3 classes: all in the top 5, so not reported
     assert 0.0 <= result.linear_top1 <= 1.0
 
 

@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,7 +155,7 @@ class FrozenResult:
     """Frozen-feature accuracies on the test images (fractions in ``[0, 1]``)."""
 
     linear_top1: float
-    linear_top5: float
+    linear_top5: float  # NaN with 5 classes or fewer, where every label is in the top 5
     knn_top1: float
     weight_decay: float  # chosen for the linear classifier
 
@@ -208,12 +209,16 @@ def evaluate_features(
     num_classes = int(train_labels.max()) + 1
     classifier = fit_linear_classifier(train_x, train_labels, num_classes)
     logits = classifier.logits(test_x)  # [M, C]
-    top5 = logits.topk(min(5, num_classes), dim=1).indices  # [M, 5]
+    top5 = logits.topk(5, dim=1).indices if num_classes > 5 else None  # [M, 5]
     bank = F.normalize(train_x, dim=1)
     knn = knn_predict(test_x, bank, train_labels, num_classes, k=k, temperature=temperature)
     return FrozenResult(
         linear_top1=float((logits.argmax(dim=1) == test_labels).float().mean()),
-        linear_top5=float((top5 == test_labels[:, None]).any(dim=1).float().mean()),
+        linear_top5=(
+            float((top5 == test_labels[:, None]).any(dim=1).float().mean())
+            if top5 is not None
+            else math.nan
+        ),
         knn_top1=float((knn == test_labels).float().mean()),
         weight_decay=classifier.weight_decay,
     )
