@@ -8,7 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LabelRange", "datamodule_num_classes"]
+__all__ = ["LabelRange", "datamodule_num_classes", "has_top5"]
+
+
+def has_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every label is in the
+    top 5, so the evaluators leave it out (NaN or no metric) instead of reporting 100 %."""
+    return num_classes > 5
 
 
 def datamodule_num_classes(trainer: Any, owner: str, fix: str) -> int:

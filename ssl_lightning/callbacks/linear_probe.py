@@ -20,7 +20,7 @@ from ssl_lightning.callbacks.common import (
     warn_if_no_validation,
 )
 from ssl_lightning.callbacks.probe_optim import load_probe_state, probe_optimizer, step_where
-from ssl_lightning.labels import LabelRange
+from ssl_lightning.labels import LabelRange, has_top5
 
 __all__ = ["OnlineLinearProbe"]
 
@@ -233,7 +233,7 @@ class OnlineLinearProbe(L.Callback):
         if counts[2] == 0:
             return {}
         values = {"val_acc_top1": counts[0] / counts[2]}
-        if self.num_classes is not None and self.num_classes > 5:
+        if self.num_classes is not None and has_top5(self.num_classes):
             values["val_acc_top5"] = counts[1] / counts[2]
         return values
 

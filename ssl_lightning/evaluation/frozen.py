@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_features, stage_widths
 from ssl_lightning.corruptions import normalize, to_unit_float
 from ssl_lightning.knn import knn_predict
+from ssl_lightning.labels import has_top5
 from ssl_lightning.splits import stratified_holdout
 
 if TYPE_CHECKING:  # it reads a datamodule's splits; importing the datamodules is not needed
@@ -209,16 +210,15 @@ def evaluate_features(
     num_classes = int(train_labels.max()) + 1
     classifier = fit_linear_classifier(train_x, train_labels, num_classes)
     logits = classifier.logits(test_x)  # [M, C]
-    top5 = logits.topk(5, dim=1).indices if num_classes > 5 else None  # [M, 5]
+    linear_top5 = math.nan
+    if has_top5(num_classes):
+        top5 = logits.topk(5, dim=1).indices  # [M, 5]
+        linear_top5 = float((top5 == test_labels[:, None]).any(dim=1).float().mean())
     bank = F.normalize(train_x, dim=1)
     knn = knn_predict(test_x, bank, train_labels, num_classes, k=k, temperature=temperature)
     return FrozenResult(
         linear_top1=float((logits.argmax(dim=1) == test_labels).float().mean()),
-        linear_top5=(
-            float((top5 == test_labels[:, None]).any(dim=1).float().mean())
-            if top5 is not None
-            else math.nan
-        ),
+        linear_top5=linear_top5,
         knn_top1=float((knn == test_labels).float().mean()),
         weight_decay=classifier.weight_decay,
     )

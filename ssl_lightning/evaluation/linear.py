@@ -16,7 +16,7 @@ from ssl_lightning.backbones.weights import read_weights
 from ssl_lightning.corruptions import Corruption, SimCLRViews, ViewTransform
 from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.export import BackboneCheckpoint
-from ssl_lightning.labels import LabelRange, datamodule_num_classes
+from ssl_lightning.labels import LabelRange, datamodule_num_classes, has_top5
 from ssl_lightning.methods.schedule import scaled_lr, schedule_length
 from ssl_lightning.optim import build_optimizer, layer_decay_groups, warmup_cosine_schedule
 
@@ -273,7 +273,7 @@ class LinearEvaluation(L.LightningModule):
 def _accuracies(num_classes: int) -> nn.ModuleDict:
     """Top-1 and (with more than 5 classes) top-5 accuracy, unlabeled (-1) samples ignored."""
     accuracies = {"top1": MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)}
-    if num_classes > 5:
+    if has_top5(num_classes):
         accuracies["top5"] = MulticlassAccuracy(
             num_classes, top_k=5, average="micro", ignore_index=-1
         )
