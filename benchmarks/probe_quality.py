@@ -51,6 +51,7 @@ from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
 from ssl_lightning import create_backbone, methods  # noqa: E402
 from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
 from ssl_lightning.evaluation import evaluate_stages, fine_tune  # noqa: E402
+from ssl_lightning.evaluation.results import json_line, percent  # noqa: E402
 from ssl_lightning.export import BackboneCheckpoint  # noqa: E402
 from ssl_lightning.methods import SSLMethod  # noqa: E402
 
@@ -159,7 +160,7 @@ def evaluate(
 
 
 def _percent(row: dict, key: str) -> str:
-    return f"{row[key]:.1%}" if key in row else "-"
+    return percent(row.get(key))
 
 
 def best_stage(row: dict) -> tuple[str, float] | None:
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             row = run_method(args, name, data, few_labels)
         with args.out.open("a") as f:
-            f.write(json.dumps({**row, **setting}) + "\n")
+            f.write(json_line({**row, **setting}))
     lines = args.out.read_text().splitlines() if args.out.exists() else []
     rows = [json.loads(line) for line in lines]
     print_table(rows)

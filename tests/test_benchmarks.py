@@ -94,6 +94,18 @@ def test_probe_quality_without_methods_only_reads_and_plots_the_results(tmp_path
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
+def test_probe_quality_rows_are_strict_json_and_a_missing_top5_prints_a_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import probe_quality
+
+    row = {"method": "random init", "linear_top1": 0.7, "linear_top5": float("nan")}
+    line = probe_quality.json_line(row)  # top-5 of 5 classes or fewer is NaN
+    assert json.loads(line, parse_constant=pytest.fail) == {**row, "linear_top5": None}
+    probe_quality.print_table([json.loads(line)])
+    assert "| random init | - | - | 70.0% | - |" in capsys.readouterr().out
+
+
 def test_probe_quality_set_applies_star_keys_to_every_method_and_named_keys_win() -> None:
     from argparse import Namespace
 

@@ -20,8 +20,6 @@ earlier results are kept.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -40,6 +38,7 @@ from ssl_lightning.datamodules import (
     InMemoryDataModule,
 )
 from ssl_lightning.evaluation import FrozenResult, evaluate_stages, fine_tune
+from ssl_lightning.evaluation.results import json_line, percent
 from ssl_lightning.export import BackboneCheckpoint
 
 __all__ = ["DATAMODULES", "main"]
@@ -128,23 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _percent(value: float) -> str:
-    """``value`` as a percentage; ``-`` for NaN (top-5 of 5 classes or fewer)."""
-    return "-" if math.isnan(value) else f"{value:.1%}"
-
-
-def _json_line(row: dict[str, Any]) -> str:
-    """``row`` as one line of strict JSON: NaN, which JSON lacks, is written ``null``."""
-    clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     if rows and rows[0]["protocol"] == "fine-tune":
         lines = ["| model | labels | steps | top-1 | top-5 |", "|---|---|---|---|---|"]
         lines += [
             f"| {r['model']} | {r['label_fraction']:.0%} | {r['steps']} | {r['top1']:.1%} | "
-            f"{_percent(r['top5'])} |"
+            f"{percent(r['top5'])} |"
             for r in rows
         ]
         return "\n".join(lines)
@@ -154,7 +142,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     ]
     lines += [
         f"| {r['model']} | {r['stages']} | {r['label_fraction']:.0%} | "
-        f"{r['linear_top1']:.1%} | {_percent(r['linear_top5'])} | {r['knn_top1']:.1%} | "
+        f"{r['linear_top1']:.1%} | {percent(r['linear_top5'])} | {r['knn_top1']:.1%} | "
         f"{r['weight_decay']:g} |"
         for r in rows
     ]
@@ -177,7 +165,7 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
         ns.out.parent.mkdir(parents=True, exist_ok=True)
         with ns.out.open("a") as f:
             for row in rows:
-                f.write(_json_line({**row, "data_dir": str(ns.data_dir)}))
+                f.write(json_line({**row, "data_dir": str(ns.data_dir)}))
     return rows
 
 
