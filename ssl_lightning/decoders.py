@@ -139,7 +139,7 @@ class SparseDecoder(nn.Module):
 
     Tian et al., ICLR 2023, arXiv:2301.03580. Each encoder stage's map has its hidden
     positions filled with the stage's learned mask token (a sparse encoder leaves them empty)
-    and is projected by a 3x3 convolution to the decoder's width at that scale. Starting from
+    and is projected by a 1x1 convolution to the decoder's width at that scale. Starting from
     the coarsest stage, each upsampling block (2x2 transposed convolution with stride 2, then
     3x3 convolution, BatchNorm and ReLU) doubles the resolution, and the next finer stage is
     added; more upsampling blocks reach the image resolution, and a 1x1 convolution predicts
