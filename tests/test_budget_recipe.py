@@ -94,7 +94,7 @@ def test_the_command_line_switches_the_recipe(
 ) -> None:
     with caplog.at_level(logging.INFO):
         main(sample_fit_args(tmp_path, "SimSiam", "--model.recipe=budget"))
-    assert "SimSiam (model.recipe=budget): sgd, peak lr 0.0075" in caplog.text  # 0.12 x 16/256
+    assert "SimSiam (model.recipe=budget): sgd, peak lr 0.0312" in caplog.text  # 0.5 x 16/256
 
 
 def test_a_run_limited_by_time_alone_is_told_to_set_its_length(tmp_path: Path) -> None:
@@ -104,9 +104,9 @@ def test_a_run_limited_by_time_alone_is_told_to_set_its_length(tmp_path: Path) -
         trainer.fit(SimCLR(**TINY), data)
 
 
-def test_fastsiam_and_simsiam_take_the_measured_4x_rate_on_a_budget() -> None:
+def test_fastsiam_and_simsiam_take_the_measured_16x_rate_on_a_budget() -> None:
     from ssl_lightning import FastSiam, SimSiam
 
     for cls in (SimSiam, FastSiam):
         assert cls(**TINY).lr == 0.03
-        assert cls(**TINY, recipe="budget").lr == 0.12
+        assert cls(**TINY, recipe="budget").lr == 0.5
