@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +40,6 @@ class FastSiam(SimSiam):
     """
 
     pretext_settings = {"num_views": "model.num_views"}
-    budget_recipe: ClassVar[dict[str, Any]] = {"lr": 0.5}  # as SimSiam's
 
     def __init__(
         self,
