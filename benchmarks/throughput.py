@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/throughput.py` imports its sibling
 
-from benchmarks.probe_overhead import StepTimer, fit_on_random_images  # noqa: E402
+from benchmarks.probe_overhead import RandomImages, StepTimer, fit_on_random_images  # noqa: E402
 from ssl_lightning import methods  # noqa: E402
+from ssl_lightning.corruptions import Corruption, corrupt_batch  # noqa: E402
 from ssl_lightning.datamodules import Batch  # noqa: E402
 from ssl_lightning.methods import SimCLR, SSLMethod  # noqa: E402
 from ssl_lightning.optim import build_optimizer  # noqa: E402
@@ -68,16 +70,25 @@ def build(name: str, **kwargs: Any) -> SSLMethod:
     return METHODS[name](**kwargs)
 
 
+def corrupt(corruption: Corruption, images: Tensor, generator: torch.Generator) -> Batch:
+    """``corruption`` of uint8 ``images`` [B, 3, H, W], then normalized: the datamodule's work
+    (:func:`~ssl_lightning.corruptions.corrupt_batch` with the training run's statistics)."""
+    labels = torch.arange(len(images)) % 10
+    return corrupt_batch(corruption, images, labels, generator, RandomImages.mean, RandomImages.std)
+
+
+def random_images(batch_size: int, generator: torch.Generator) -> Tensor:
+    """``[batch_size, 3, 32, 32]`` random uint8 images."""
+    return torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
+
+
 def augmented_batches(model: SSLMethod, batch_size: int, count: int, seed: int = 0) -> list[Batch]:
     """``count`` batches of ``model``'s default corruption of random 32x32 images."""
     generator = torch.Generator().manual_seed(seed)
     corruption = model.default_corruption()
-    batches = []
-    for _ in range(count):
-        images = torch.randint(0, 256, (batch_size, 3, 32, 32), generator=generator)
-        labels = torch.arange(batch_size) % 10
-        batches.append(corruption(images.float().div_(255), labels, generator))
-    return batches
+    return [
+        corrupt(corruption, random_images(batch_size, generator), generator) for _ in range(count)
+    ]
 
 
 def plain_step(model: SSLMethod) -> Callable[[Batch], None]:
@@ -121,15 +132,12 @@ class InterleavedPlainSteps(StepTimer):
     def __init__(self, model: SSLMethod, batch_size: int) -> None:
         generator = torch.Generator().manual_seed(0)
         corruption = model.default_corruption()
-        images = torch.randint(
-            0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator
-        )
-        labels = torch.arange(batch_size) % 10
+        images = random_images(batch_size, generator)
         batches = augmented_batches(model, batch_size, 2)
         step = plain_step(model)
 
         def augment_and_step(_: Batch) -> None:
-            step(corruption(images.float().div_(255), labels, generator))
+            step(corrupt(corruption, images, generator))
 
         super().__init__()
         self.steps = (step, augment_and_step)
