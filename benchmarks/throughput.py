@@ -102,6 +102,7 @@ def plain_step(model: SSLMethod) -> Callable[[Batch], None]:
         momentum=model.momentum,
         betas=model.betas,
         lars_eta=model.lars_eta,
+        lars_clip=model.lars_clip,
     )
 
     def step(batch: Batch) -> None:

@@ -88,10 +88,14 @@ class LARS(Optimizer):
 
         g = g + weight_decay * w
         trust = eta * ||w|| / ||g||        (1 where either norm is 0)
-        v = momentum * v + lr * trust * g
-        w = w - v                          (Nesterov: w - (momentum * v + lr * trust * g))
+        rate = lr * trust                  (clip_lr: min(trust, lr))
+        v = momentum * v + rate * g
+        w = w - v                          (Nesterov: w - (momentum * v + rate * g))
 
-    This is the update of SimCLR's reference implementation.
+    This is the update of SimCLR's reference implementation. ``clip_lr`` is solo-learn's
+    variant, which its CIFAR recipes use (``clip_lr: True``): the adapted rate ``eta * ||w||
+    / ||g||`` is capped at the scheduled ``lr``, so each step moves a weight by at most
+    ``eta`` of its norm and by no more than plain SGD would, whatever ``lr`` is.
 
     Args:
         params: parameters or groups; a group may set ``lars_exclude=True``.
@@ -100,6 +104,7 @@ class LARS(Optimizer):
         weight_decay: L2 penalty added to the gradient.
         eta: trust coefficient.
         nesterov: Nesterov momentum.
+        clip_lr: cap the adapted rate at ``lr`` (solo-learn's ``clip_lr``).
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class LARS(Optimizer):
         weight_decay: float = 0.0,
         eta: float = 1e-3,
         nesterov: bool = False,
+        clip_lr: bool = False,
     ) -> None:
         if lr < 0:
             raise ValueError(f"LARS lr must be >= 0, got {lr}")
@@ -125,6 +131,7 @@ class LARS(Optimizer):
             weight_decay=weight_decay,
             eta=eta,
             nesterov=nesterov,
+            clip_lr=clip_lr,
             lars_exclude=False,
         )
         super().__init__(params, defaults)
@@ -142,15 +149,19 @@ class LARS(Optimizer):
                 g = p.grad
                 if group["weight_decay"] != 0:
                     g = g.add(p, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
+                if group["lars_exclude"]:
+                    g = g * group["lr"]
+                else:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
                     trust = torch.where(
                         (w_norm > 0) & (g_norm > 0),
                         group["eta"] * w_norm / g_norm,
                         torch.ones_like(w_norm),
                     )
-                    g = g * trust
-                g = g * group["lr"]
+                    if group["clip_lr"]:
+                        g = g * trust.clamp(max=group["lr"])
+                    else:
+                        g = g * (group["lr"] * trust)
                 if group["momentum"] != 0:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
@@ -186,6 +197,7 @@ def build_optimizer(
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
     lars_eta: float = 1e-3,
+    lars_clip: bool = False,
     weight_decay: float = 0.0,
 ) -> Optimizer:
     """SGD (with momentum), LARS or AdamW over parameter groups.
@@ -193,7 +205,7 @@ def build_optimizer(
     A group may set ``lr_factor`` (its learning rate is ``lr * lr_factor``), ``weight_decay``
     (else ``weight_decay``), ``fixed_lr`` (see :func:`warmup_cosine_schedule`) and, for LARS,
     ``lars_exclude``. The schedule scales the other groups' rates by the same factor, so they
-    keep their ratios.
+    keep their ratios. ``lars_clip`` is :class:`LARS`'s ``clip_lr``.
     """
     if name not in OPTIMIZERS:
         raise ValueError(
@@ -206,7 +218,14 @@ def build_optimizer(
         group["lr"] = lr * group.pop("lr_factor", 1.0)
         resolved.append(group)
     if name == "lars":
-        return LARS(resolved, lr=lr, momentum=momentum, eta=lars_eta, weight_decay=weight_decay)
+        return LARS(
+            resolved,
+            lr=lr,
+            momentum=momentum,
+            eta=lars_eta,
+            weight_decay=weight_decay,
+            clip_lr=lars_clip,
+        )
     if name == "sgd":
         return torch.optim.SGD(resolved, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(resolved, lr=lr, betas=betas, weight_decay=weight_decay)

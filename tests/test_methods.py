@@ -89,7 +89,9 @@ def test_channels_last_gives_the_same_features() -> None:
 
 
 def test_optimizer_groups_lr_scaling_and_warmup_cosine(tmp_path: Path) -> None:
-    model = SimCLR(**TINY, optimizer="lars", lr=0.4, weight_decay=1e-5, warmup_epochs=1.0)
+    model = SimCLR(
+        **TINY, optimizer="lars", lr=0.4, weight_decay=1e-5, warmup_epochs=1.0, lars_clip=True
+    )
     dm = _datamodule(tmp_path, batch_size=32)  # 120 images: 3 steps per epoch
     lrs: list[float] = []
 
@@ -102,6 +104,7 @@ def test_optimizer_groups_lr_scaling_and_warmup_cosine(tmp_path: Path) -> None:
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, LARS)
     decayed, plain = optimizer.param_groups
+    assert decayed["clip_lr"] and SimCLR(**TINY).lars_clip is False
     assert decayed["weight_decay"] == 1e-5 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
     peak = 0.4 * 32 / 256  # linear scaling by global batch size / 256

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_lightning.optim import LARS, param_groups, warmup_cosine
+from ssl_lightning.optim import LARS, build_optimizer, param_groups, warmup_cosine
 
 
 def test_param_groups_exclude_biases_and_norms_from_decay() -> None:
@@ -36,6 +36,31 @@ def test_lars_step_matches_hand_computed_update() -> None:
     trust2 = 0.01 * expected.norm() / g2.norm()
     v2 = 0.9 * v1 + 0.1 * trust2 * g2
     torch.testing.assert_close(w.data, expected - v2)
+
+
+@pytest.mark.parametrize(
+    ("lr", "grad"),
+    [(0.1, [1.0, 0.0]), (0.001, [1.0, 0.0]), (0.1, [1e-4, 0.0])],
+    ids=["adapted-rate-below-lr", "lr-below-adapted-rate", "tiny-gradient"],
+)
+def test_lars_clip_lr_caps_the_adapted_rate_at_lr(lr: float, grad: list[float]) -> None:
+    # solo-learn's clip_lr: the step is min(eta * ||w|| / ||g||, lr) * g.
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
+    opt = LARS([w], lr=lr, momentum=0.0, eta=0.01, clip_lr=True)
+    w.grad = torch.tensor(grad)
+    opt.step()
+    g = torch.tensor(grad)
+    rate = min(0.01 * 5 / g.norm().item(), lr)
+    torch.testing.assert_close(w.data, torch.tensor([3.0, 4.0]) - rate * g)
+
+
+def test_build_optimizer_passes_lars_clip() -> None:
+    model = nn.Linear(2, 2)
+    opt = build_optimizer("lars", param_groups(model, 1e-4), 0.3, lars_clip=True)
+    assert all(group["clip_lr"] for group in opt.param_groups)
+    assert not any(
+        g["clip_lr"] for g in build_optimizer("lars", [{"params": []}], 0.3).param_groups
+    )
 
 
 def test_lars_excluded_group_is_plain_sgd_with_momentum() -> None:

@@ -43,7 +43,8 @@ class BarlowTwins(SSLMethod):
     256 images, weight decay 1e-4, 10 warmup epochs. ``scale_loss`` is kept because the lr
     and weight decay were tuned with it (it sets the gradient against the weight decay and
     the unadapted biases' steps); ``scale_loss=1`` gives the paper's loss. solo-learn's LARS
-    also clips the adapted rate at ``lr`` (``clip_lr``); ours does not.
+    also caps the adapted rate at ``lr`` (``clip_lr``): ``lars_clip=True``, which the config
+    sets (off by default, as for :class:`VICReg`).
 
     The default views are BYOL's pair without blur, for 32-pixel images
     (:func:`~ssl_lightning.corruptions.recipes.small_image_byol_views`, solo-learn's

@@ -67,6 +67,8 @@ class SSLMethod(L.LightningModule):
         momentum: SGD/LARS momentum.
         betas: AdamW betas.
         lars_eta: LARS trust coefficient.
+        lars_clip: cap LARS's adapted rate at the scheduled one (solo-learn's ``clip_lr``;
+            :class:`~ssl_lightning.optim.LARS`).
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         final_lr_factor: the cosine decay ends at ``lr * final_lr_factor``.
         scale_lr: ``"linear"``/``True``: ``lr`` x global batch / 256; ``"sqrt"``: x its root.
@@ -96,6 +98,7 @@ class SSLMethod(L.LightningModule):
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.95),
         lars_eta: float = 1e-3,
+        lars_clip: bool = False,
         warmup_epochs: float = 0.0,
         final_lr_factor: float = 0.0,
         scale_lr: LRScaling = False,
@@ -130,7 +133,7 @@ class SSLMethod(L.LightningModule):
         self.optimizer_name, self.lr = pick("optimizer", optimizer), pick("lr", lr)
         self.weight_decay = pick("weight_decay", weight_decay)
         self.momentum, self.betas = pick("momentum", momentum), pick("betas", betas)
-        self.lars_eta = pick("lars_eta", lars_eta)
+        self.lars_eta, self.lars_clip = pick("lars_eta", lars_eta), pick("lars_clip", lars_clip)
         self.warmup_epochs, self.final_lr_factor = warmup_epochs, final_lr_factor
         self.scale_lr, self.compile_backbone = scale_lr, compile
         if recipe == "budget" and self.budget_recipe:
@@ -225,6 +228,7 @@ class SSLMethod(L.LightningModule):
             momentum=self.momentum,
             betas=self.betas,
             lars_eta=self.lars_eta,
+            lars_clip=self.lars_clip,
         )
         self._total_steps, per_epoch = schedule_length(self.trainer)
         warmup = warmup_steps(self.recipe, self.warmup_epochs, self._total_steps, per_epoch)

@@ -45,9 +45,10 @@ class DINO(SSLMethod):
     ``freeze_last_layer_epochs`` (the paper: one epoch).
 
     CIFAR defaults: solo-learn's CIFAR DINO config (``scripts/pretrain/cifar/dino.yaml``,
-    ResNet-18): head 2048-2048-256, 4096 prototypes (the paper: 65536), LARS eta 0.02 (not its
-    ``clip_lr``), lr 0.3 x batch / 256, weight decay 1e-6, 10 warmup epochs, temperatures 0.1
-    (student) and 0.04 -> 0.07 over 50 epochs (teacher); the paper's teacher momentum 0.996
+    ResNet-18): head 2048-2048-256, 4096 prototypes (the paper: 65536), LARS eta 0.02 (its
+    ``clip_lr`` is ``lars_clip=True``, which the config sets), lr 0.3 x batch / 256, weight
+    decay 1e-6, 10 warmup epochs, temperatures 0.1 (student) and 0.04 -> 0.07 over 50 epochs
+    (teacher); the paper's teacher momentum 0.996
     (solo-learn: 0.9995); CIFAR-scale multi-crop: 2 global 32-pixel crops from ``(0.4, 1)`` of
     the area, 6 local 16-pixel ones (patch 4 divides them) from ``(0.05, 0.4)``, no blur.
 

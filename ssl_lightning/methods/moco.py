@@ -48,7 +48,8 @@ class MoCoV3(SSLMethod):
     mocov3.yaml``; the paper has no CIFAR recipe): projector 4096-4096-256 with a last
     BatchNorm, predictor 4096-256, ``t = 0.2``, momentum 0.99 -> 1, LARS with eta 0.02, lr 0.3
     x batch / 256 and weight decay 1e-6, 10 warmup epochs. solo-learn's LARS also caps the
-    adapted rate at ``lr`` (its ``clip_lr``), which ours does not reproduce. The paper's
+    adapted rate at ``lr`` (its ``clip_lr``): ``lars_clip=True``, which the config sets (off
+    by default, as for :class:`VICReg`). The paper's
     ImageNet ResNet recipe: LARS lr 0.3 x batch / 256 at batch 4096, eta 1e-3, weight decay
     1.5e-6, momentum 0.99 (ViT: AdamW), with BYOL's views.
 
