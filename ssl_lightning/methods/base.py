@@ -67,8 +67,7 @@ class SSLMethod(L.LightningModule):
         momentum: SGD/LARS momentum.
         betas: AdamW betas.
         lars_eta: LARS trust coefficient.
-        lars_clip: cap LARS's adapted rate at the scheduled one (solo-learn's ``clip_lr``;
-            :class:`~ssl_lightning.optim.LARS`).
+        lars_clip: cap LARS's adapted rate at the scheduled one (solo-learn's ``clip_lr``).
         warmup_epochs: linear warmup length, in epochs (fractions allowed).
         final_lr_factor: the cosine decay ends at ``lr * final_lr_factor``.
         scale_lr: ``"linear"``/``True``: ``lr`` x global batch / 256; ``"sqrt"``: x its root.
@@ -167,8 +166,7 @@ class SSLMethod(L.LightningModule):
     @property
     def progress(self) -> float:
         """Optimizer steps before the current one over the run's total, in ``[0, 1]`` (or 0)."""
-        trainer = self._trainer
-        if trainer is None:
+        if (trainer := self._trainer) is None:
             return 0.0
         if self._total_steps is None:
             self._total_steps = schedule_length(trainer)[0]
@@ -232,10 +230,8 @@ class SSLMethod(L.LightningModule):
         )
         self._total_steps, per_epoch = schedule_length(self.trainer)
         warmup = warmup_steps(self.recipe, self.warmup_epochs, self._total_steps, per_epoch)
-        name = type(self).__name__
-        announce_schedule(
-            name, self.recipe, self.optimizer_name, lr, warmup, self._total_steps, per_epoch
-        )
+        name, steps = type(self).__name__, self._total_steps
+        announce_schedule(name, self.recipe, self.optimizer_name, lr, warmup, steps, per_epoch)
         return warmup_cosine_schedule(optimizer, warmup, self._total_steps, self.final_lr_factor)
 
     def configure_callbacks(self) -> list[L.Callback]:
