@@ -149,19 +149,16 @@ class LARS(Optimizer):
                 g = p.grad
                 if group["weight_decay"] != 0:
                     g = g.add(p, alpha=group["weight_decay"])
-                if group["lars_exclude"]:
-                    g = g * group["lr"]
-                else:
+                rate = group["lr"]
+                if not group["lars_exclude"]:
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
                     trust = torch.where(
                         (w_norm > 0) & (g_norm > 0),
                         group["eta"] * w_norm / g_norm,
                         torch.ones_like(w_norm),
                     )
-                    if group["clip_lr"]:
-                        g = g * trust.clamp(max=group["lr"])
-                    else:
-                        g = g * (group["lr"] * trust)
+                    rate = trust.clamp(max=rate) if group["clip_lr"] else rate * trust
+                g = g * rate
                 if group["momentum"] != 0:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
