@@ -64,7 +64,7 @@ def test_the_budget_recipe_replaces_the_optimizer_settings_and_logs_them(
     )
     assert (
         "SimCLR (model.recipe=budget): optimizer adamw, lr 0.005, weight_decay 0.0001, "
-        "temperature 0.1" in caplog.text
+        "temperature 0.1, num_local_views 4" in caplog.text
     )
 
 
@@ -110,3 +110,26 @@ def test_fastsiam_and_simsiam_take_the_measured_16x_rate_on_a_budget() -> None:
     for cls in (SimSiam, FastSiam):
         assert cls(**TINY).lr == 0.03
         assert cls(**TINY, recipe="budget").lr == 0.5
+
+
+def test_simclr_on_a_budget_contrasts_local_crops_and_hands_callbacks_the_global_views() -> None:
+    from ssl_lightning.corruptions import MultiCropViews, SimCLRViews
+    from ssl_lightning.losses import nt_xent
+
+    assert isinstance(SimCLR(**TINY).default_corruption(), SimCLRViews)
+    model = SimCLR(**TINY, recipe="budget")
+    corruption = model.default_corruption()
+    assert isinstance(corruption, MultiCropViews)
+    assert (corruption.num_global, corruption.num_local) == (2, 4)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    batch = corruption(images, torch.arange(6), torch.Generator().manual_seed(0))
+    assert [v.shape[-1] for v in batch.views] == [32, 32, 16, 16, 16, 16]
+    model.eval()  # running statistics: one pass per view equals one pass per resolution
+    with torch.no_grad():
+        out = model.pretext_step(batch)
+        z = torch.stack([model.projector(model.backbone(v)) for v in batch.views])
+        reference = nt_xent(z, temperature=0.1, gather_distributed=False)
+        globals_only = torch.cat([model.backbone(v) for v in batch.views[:2]])
+    torch.testing.assert_close(out.loss, reference)
+    torch.testing.assert_close(out.features, globals_only)
+    assert out.labels.tolist() == [0, 1, 2, 3, 4, 5] * 2

@@ -15,7 +15,7 @@ from ssl_lightning.corruptions import MultiCropViews, SimCLRViews, ViewTransform
 from ssl_lightning.corruptions.geometry import resized_crop
 from ssl_lightning.losses import emp_ssl_loss, fastsiam_loss, simsiam_loss, total_coding_rate
 from ssl_lightning.methods import EMPSSL, FastSiam
-from ssl_lightning.methods.passes import embed_in_passes, view_groups
+from ssl_lightning.methods.passes import embed_in_passes, num_global_views, view_groups
 from tests.distributed_utils import run_distributed
 
 VIEW = ViewTransform(size=24, blur_p=0.5, solarize_p=0.3)
@@ -149,6 +149,12 @@ def test_view_groups_split_by_shape_then_by_views_per_pass() -> None:
     views = [torch.zeros(2, 3, 8, 8)] * 5 + [torch.zeros(2, 3, 4, 4)] * 2
     assert [len(g) for g in view_groups(views)] == [5, 2]
     assert [len(g) for g in view_groups(views, 2)] == [2, 2, 1, 2]
+
+
+def test_the_global_views_are_the_leading_views_of_the_first_size() -> None:
+    big, small = torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)
+    assert num_global_views([big, big, small, small, small]) == 2
+    assert num_global_views([big, big, big]) == 3
 
 
 def test_chunked_passes_equal_plain_passes_per_chunk_and_count_batch_norm_once() -> None:

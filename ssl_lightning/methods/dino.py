@@ -19,6 +19,7 @@ from ssl_lightning.methods.checks import (
     require_unit_interval,
 )
 from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.methods.passes import num_global_views
 from ssl_lightning.methods.schedule import LRScaling, schedule_length
 from ssl_lightning.momentum import cosine_momentum, ema_copy, ema_update_
 from ssl_lightning.optim import OptimizerName
@@ -157,9 +158,7 @@ class DINO(SSLMethod):
         check_views(batch, "DINO", "MultiCropViews", exact=False, what=what)
         views = batch.views
         num_views, batch_size = len(views), views[0].shape[0]
-        num_global = next(
-            (i for i, view in enumerate(views) if view.shape != views[0].shape), num_views
-        )
+        num_global = num_global_views(views)
         features = self.embed_views(views)  # [V*B, D], one pass per resolution
         student = self.head(features).view(num_views, batch_size, -1)  # [V, B, K]
         with torch.no_grad():

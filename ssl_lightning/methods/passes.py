@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["embed_in_passes", "view_groups"]
+__all__ = ["embed_in_passes", "num_global_views", "view_groups"]
 
 
 def view_groups(views: list[Tensor], views_per_pass: int | None = None) -> list[list[Tensor]]:
@@ -32,6 +32,12 @@ def view_groups(views: list[Tensor], views_per_pass: int | None = None) -> list[
         else:
             last.append(view)
     return groups
+
+
+def num_global_views(views: list[Tensor]) -> int:
+    """The number of leading views of the first view's size: multi-crop's global views (all
+    of them when every view has one size)."""
+    return next((i for i, view in enumerate(views) if view.shape != views[0].shape), len(views))
 
 
 def embed_in_passes(
