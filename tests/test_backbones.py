@@ -305,6 +305,14 @@ def test_convnet_quarter_resolution() -> None:
     assert create_backbone("convnet").num_features == 64
 
 
+def test_convnet_names_the_smallest_image_its_blocks_take() -> None:
+    model = create_backbone("convnet", width=4, depth=4)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 32)  # halved 4 times to 1x1
+    for run in (model, model.forward_stages):
+        with pytest.raises(ValueError, match=r"at least 16 pixels a side, got 14x14.*local_size"):
+            run(torch.randn(2, 3, 14, 14))
+
+
 def test_stages_of_convnet_and_resnet_are_their_blocks() -> None:
     """Independent reference: the blocks run by hand, one after the other."""
     x = torch.randn(2, 3, 32, 32)

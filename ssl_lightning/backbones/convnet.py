@@ -57,6 +57,7 @@ class ConvNet(nn.Module):
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Every block's output: ``[B, channels[i], H / 2^(i+1), W / 2^(i+1)]`` for block ``i``."""
+        self._check_size(x)
         stages = []
         for i in range(0, len(self.features), 4):  # conv, norm, relu, pool per block
             x = self.features[i : i + 4](x)
@@ -65,7 +66,20 @@ class ConvNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled features: ``[B, 3, H, W] -> [B, num_features, H / 2^blocks, W / 2^blocks]``."""
+        self._check_size(x)
         return self.features(x)
+
+    def _check_size(self, x: Tensor) -> None:
+        """Raises, naming the fix, on images a side of which the blocks would halve to 0."""
+        blocks = len(self.features) // 4
+        height, width = x.shape[-2:]
+        if min(height, width) < 2**blocks:
+            raise ValueError(
+                f"a {blocks}-block convnet halves its input {blocks} times and needs images of "
+                f"at least {2**blocks} pixels a side, got {height}x{width}; give it larger "
+                "views (e.g. data.corruption.local_size) or fewer blocks "
+                "(model.backbone_kwargs.depth)"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         """Globally average-pooled features: ``[B, 3, H, W] -> [B, num_features]``."""
