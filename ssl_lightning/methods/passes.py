@@ -37,7 +37,8 @@ def view_groups(views: list[Tensor], views_per_pass: int | None = None) -> list[
 def num_global_views(views: list[Tensor]) -> int:
     """The number of leading views of the first view's size: multi-crop's global views (all
     of them when every view has one size)."""
-    return next((i for i, view in enumerate(views) if view.shape != views[0].shape), len(views))
+    groups = view_groups(views)
+    return len(groups[0]) if groups else 0
 
 
 def embed_in_passes(
