@@ -1,6 +1,6 @@
-"""VICReg: the loss against a per-element loop, the method's step, the defaults, 2 processes
-against 1, and errors that name the fix (resume and training on real images:
-test_method_contract.py)."""
+"""VICReg: the loss against a per-element loop (and over every pair of views for multi-crop),
+the method's step, the defaults, 2 processes against 1, and errors that name the fix (resume
+and training on real images: test_method_contract.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from ssl_lightning import VICReg
+from ssl_lightning.corruptions import MultiCropViews
 from ssl_lightning.datamodules import Batch, BYOLViews
-from ssl_lightning.losses import vicreg_loss
+from ssl_lightning.losses import multiview_vicreg_loss, vicreg_loss
 from tests.distributed_utils import run_distributed
 
 TINY = {
@@ -95,6 +96,23 @@ def test_loss_runs_in_float32_under_bf16_autocast() -> None:
     torch.testing.assert_close(loss, vicreg_loss(z1.float(), z2.float())[0])
 
 
+@pytest.mark.parametrize("num_views", [2, 3, 6])
+def test_many_views_are_the_mean_of_the_loop_over_every_pair(num_views: int) -> None:
+    g = torch.Generator().manual_seed(num_views)
+    base = torch.randn(7, 5, generator=g) * torch.linspace(0.3, 2.5, 5)
+    z = torch.stack([base + 0.4 * torch.randn(7, 5, generator=g) for _ in range(num_views)])
+    loss, terms = multiview_vicreg_loss(z, 2.0, 3.0, 0.5)
+    pairs = [(i, j) for i in range(num_views) for j in range(i + 1, num_views)]
+    expected = sum(vicreg_reference(z[i], z[j], 2.0, 3.0, 0.5) for i, j in pairs) / len(pairs)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(sum(terms.values()), loss.detach())
+
+
+def test_many_views_refuse_fewer_than_two() -> None:
+    with pytest.raises(ValueError, match=r"V >= 2 views, got \(1, 4, 8\)"):
+        multiview_vicreg_loss(torch.randn(1, 4, 8))
+
+
 def test_loss_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match=r"\[B, D\]"):
         vicreg_loss(torch.randn(4, 8), torch.randn(3, 8))
@@ -105,24 +123,25 @@ def test_loss_rejects_bad_shapes() -> None:
 # --- 2 processes against 1 ---------------------------------------------------------------------
 
 
-def _full_embeddings() -> tuple[torch.Tensor, torch.Tensor]:
+def _full_embeddings() -> torch.Tensor:
+    """Three views ``[3, 6 * WORLD, 10]``: the many-view loss, two views' loss included."""
     g = torch.Generator().manual_seed(0)
     z1 = torch.randn(6 * WORLD, 10, generator=g) * torch.linspace(0.2, 2.0, 10)
-    return z1, z1 + 0.5 * torch.randn(6 * WORLD, 10, generator=g)
+    return torch.stack([z1 + 0.5 * torch.randn(6 * WORLD, 10, generator=g) for _ in range(3)])
 
 
 def _loss_rank(rank: int, world_size: int) -> dict:
-    local = [z.chunk(world_size)[rank].clone().requires_grad_(True) for z in _full_embeddings()]
-    loss, terms = vicreg_loss(*local, 25.0, 25.0, 1.0)
+    local = _full_embeddings().chunk(world_size, dim=1)[rank].clone().requires_grad_(True)
+    loss, terms = multiview_vicreg_loss(local, 25.0, 25.0, 1.0)
     loss.backward()
-    return {"loss": loss.detach(), "terms": terms, "grads": [z.grad for z in local]}
+    return {"loss": loss.detach(), "terms": terms, "grad": local.grad}
 
 
 @pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_whole_batch() -> None:
     results = run_distributed(_loss_rank, WORLD)
-    full = [z.requires_grad_(True) for z in _full_embeddings()]
-    loss, terms = vicreg_loss(*full, 25.0, 25.0, 1.0)
+    full = _full_embeddings().requires_grad_(True)
+    loss, terms = multiview_vicreg_loss(full, 25.0, 25.0, 1.0)
     loss.backward()
     # Variance and covariance come from the global batch: the same on every rank. The
     # invariance is each rank's own mean; their mean is the global one.
@@ -131,9 +150,9 @@ def test_two_processes_equal_one_process_on_the_whole_batch() -> None:
         torch.testing.assert_close(r["terms"]["covariance"], terms["covariance"])
     torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), loss.detach())
     # DDP averages gradients over ranks: the 1-process gradient.
-    for view in range(2):
-        ddp_grad = torch.cat([r["grads"][view] for r in results]) / WORLD
-        torch.testing.assert_close(ddp_grad, full[view].grad)
+    ddp_grad = torch.cat([r["grad"] for r in results], dim=1) / WORLD
+    assert full.grad is not None
+    torch.testing.assert_close(ddp_grad, full.grad)
 
 
 # --- the method --------------------------------------------------------------------------------
@@ -195,3 +214,26 @@ def test_bad_arguments_name_the_fix() -> None:
         model.pretext_step(_batch(num_views=1))
     with pytest.raises(ValueError, match=r"got 1.*data\.batch_size"):
         model.pretext_step(_batch(batch_size=1))
+
+
+def test_local_crops_are_pulled_to_every_view_and_callbacks_get_the_global_ones() -> None:
+    assert VICReg(**TINY).num_local_views == 0
+    model = VICReg(**TINY, num_local_views=3, invariance_weight=3.0, covariance_weight=5.0)
+    corruption = model.default_corruption()
+    assert isinstance(corruption, MultiCropViews)
+    assert (corruption.num_global, corruption.num_local, corruption.local_view.size) == (2, 3, 16)
+    assert corruption.global_view.solarize_p == corruption.local_view.solarize_p == 0.1
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    batch = corruption(images, torch.arange(6), torch.Generator().manual_seed(0))
+    model.eval()  # running statistics: one pass per view equals one pass per resolution
+    with torch.no_grad():
+        out = model.pretext_step(batch)
+        z = [model.projector(model.backbone(v)) for v in batch.views]
+        globals_only = torch.cat([model.backbone(v) for v in batch.views[:2]])
+    pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
+    expected = sum(vicreg_reference(z[i], z[j], 3.0, 25.0, 5.0) for i, j in pairs) / len(pairs)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(out.features, globals_only)
+    assert out.labels.tolist() == list(range(6)) * 2
+    with pytest.raises(ValueError, match=r"got -1.*model\.num_local_views"):
+        VICReg(**TINY, num_local_views=-1)

@@ -8,7 +8,11 @@ from ssl_lightning.losses.coding_rate import emp_ssl_loss, total_coding_rate
 from ssl_lightning.losses.contrastive import info_nce, nt_xent
 from ssl_lightning.losses.distillation import dino_loss, teacher_temperature, update_center_
 from ssl_lightning.losses.reconstruction import LossKind, reconstruction_loss
-from ssl_lightning.losses.redundancy import barlow_twins_loss, vicreg_loss
+from ssl_lightning.losses.redundancy import (
+    barlow_twins_loss,
+    multiview_vicreg_loss,
+    vicreg_loss,
+)
 from ssl_lightning.losses.similarity import byol_loss, fastsiam_loss, simsiam_loss
 
 __all__ = [
@@ -19,6 +23,7 @@ __all__ = [
     "emp_ssl_loss",
     "fastsiam_loss",
     "info_nce",
+    "multiview_vicreg_loss",
     "nt_xent",
     "reconstruction_loss",
     "simsiam_loss",

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ssl_lightning import distributed
 
-__all__ = ["barlow_twins_loss", "vicreg_loss"]
+__all__ = ["barlow_twins_loss", "multiview_vicreg_loss", "vicreg_loss"]
 
 
 def barlow_twins_loss(
@@ -106,12 +106,66 @@ def vicreg_loss(
         ['covariance', 'invariance', 'variance']
     """
     _check_pair(z1, z2, "vicreg_loss", gather_distributed)
-    with torch.autocast(z1.device.type, enabled=False):
-        z1, z2 = z1.float(), z2.float()
-        invariance = invariance_weight * F.mse_loss(z1, z2)
-        g1, g2 = _global(z1, gather_distributed), _global(z2, gather_distributed)
-        variance = variance_weight * (_std_hinge(g1, gamma, eps) + _std_hinge(g2, gamma, eps))
-        covariance = covariance_weight * (_off_diag_cov(g1) + _off_diag_cov(g2))
+    return multiview_vicreg_loss(
+        torch.stack([z1, z2]),
+        invariance_weight,
+        variance_weight,
+        covariance_weight,
+        gamma,
+        eps,
+        gather_distributed,
+    )
+
+
+def multiview_vicreg_loss(
+    z: Tensor,
+    invariance_weight: float = 25.0,
+    variance_weight: float = 25.0,
+    covariance_weight: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    gather_distributed: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`vicreg_loss` of ``V >= 2`` views ``z`` ``[V, B, D]``: its mean over every pair
+    of views, with each view's variance and covariance computed once::
+
+        loss = lambda * mean_{i < j} MSE(z_i, z_j) + 2 / V * sum_v [mu * v(z_v) + nu * c(z_v)]
+
+    (each view is in ``V - 1`` of the ``V (V - 1) / 2`` pairs). For two views it is
+    :func:`vicreg_loss`; for multi-crop (VICReg with local crops) every crop is pulled toward
+    every other, as SimCLR's multi-crop views are positives of each other.
+
+    Args:
+        z: ``[V, B, D]`` embeddings, ``z[v, b]`` view ``v`` of image ``b``.
+        invariance_weight, variance_weight, covariance_weight, gamma, eps,
+            gather_distributed: as in :func:`vicreg_loss`.
+
+    Returns:
+        The scalar loss and its three weighted terms ``{"invariance", "variance",
+        "covariance"}`` (detached; they sum to the loss).
+
+    Examples:
+        >>> loss, terms = multiview_vicreg_loss(torch.randn(4, 8, 16))
+        >>> sorted(terms)
+        ['covariance', 'invariance', 'variance']
+    """
+    if z.ndim != 3 or z.shape[0] < 2:
+        raise ValueError(
+            f"multiview_vicreg_loss expects [V, B, D] embeddings of V >= 2 views, got "
+            f"{tuple(z.shape)}"
+        )
+    _check_pair(z[0], z[1], "multiview_vicreg_loss", gather_distributed)
+    num_views = z.shape[0]
+    with torch.autocast(z.device.type, enabled=False):
+        z = z.float()
+        pairs = [(i, j) for i in range(num_views) for j in range(i + 1, num_views)]
+        mse = torch.stack([F.mse_loss(z[i], z[j]) for i, j in pairs]).mean()
+        invariance = invariance_weight * mse
+        stats = [_global(view, gather_distributed) for view in z]
+        # Each view is in V - 1 of the V (V - 1) / 2 pairs: the pair mean weighs it 2 / V.
+        hinges = torch.stack([_std_hinge(g, gamma, eps) for g in stats])
+        variance = variance_weight * 2 * hinges.mean()
+        covariance = covariance_weight * 2 * torch.stack([_off_diag_cov(g) for g in stats]).mean()
     terms = {"invariance": invariance, "variance": variance, "covariance": covariance}
     return invariance + variance + covariance, {k: v.detach() for k, v in terms.items()}
 

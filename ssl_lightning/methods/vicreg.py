@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ssl_lightning.corruptions import BYOLViews, Corruption, ViewTransform
 from ssl_lightning.corruptions.batch import Batch
+from ssl_lightning.corruptions.recipes import small_image_multicrop_views
 from ssl_lightning.heads import ProjectionHead
-from ssl_lightning.losses import vicreg_loss
+from ssl_lightning.losses import multiview_vicreg_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.checks import (
     check_batch_size,
@@ -18,6 +20,7 @@ from ssl_lightning.methods.checks import (
     require_positive,
 )
 from ssl_lightning.methods.outputs import PretextOutput
+from ssl_lightning.methods.passes import num_global_views
 from ssl_lightning.methods.schedule import LRScaling
 from ssl_lightning.optim import OptimizerName
 
@@ -35,7 +38,10 @@ class VICReg(SSLMethod):
 
     with ``lambda, mu, nu`` = ``invariance_weight, variance_weight, covariance_weight``.
     Logged terms (weighted, they sum to the loss): ``train/invariance``, ``train/variance``,
-    ``train/covariance``.
+    ``train/covariance``. With more views (``num_local_views`` > 0, or
+    ``data.corruption=MultiCropViews``) the loss is the mean over every pair of views
+    (:func:`~ssl_lightning.losses.multiview_vicreg_loss`); callbacks get the global views'
+    features only.
 
     Loss weights, ``gamma`` and ``eps`` are the paper's. CIFAR defaults from solo-learn's
     CIFAR VICReg config (``scripts/pretrain/cifar/vicreg.yaml``): projector 2048-2048-2048,
@@ -60,6 +66,9 @@ class VICReg(SSLMethod):
         covariance_weight: ``nu``, weight of the covariance penalty, >= 0.
         gamma: target standard deviation of each dimension, > 0.
         eps: added to the variance before the square root, > 0.
+        num_local_views: small crops per image beside the two global views
+            (:func:`~ssl_lightning.corruptions.recipes.small_image_multicrop_views` of the
+            default view), for the default corruption; 0 keeps two views.
         gather_distributed: variance and covariance over every rank under DDP.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
 
@@ -79,6 +88,7 @@ class VICReg(SSLMethod):
         covariance_weight: float = 1.0,
         gamma: float = 1.0,
         eps: float = 1e-4,
+        num_local_views: int = 0,
         gather_distributed: bool = True,
         optimizer: OptimizerName = "lars",
         lr: float = 0.3,
@@ -103,6 +113,7 @@ class VICReg(SSLMethod):
             )
         require_positive(gamma=gamma, eps=eps)
         require_at_least(1, proj_num_layers=proj_num_layers)
+        require_at_least(0, num_local_views=num_local_views)
         super().__init__(
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,
@@ -116,6 +127,7 @@ class VICReg(SSLMethod):
         )
         self.invariance_weight, self.variance_weight = invariance_weight, variance_weight
         self.covariance_weight, self.gamma, self.eps = covariance_weight, gamma, eps
+        self.num_local_views = self.recipe_arg("num_local_views", num_local_views)
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
             self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
@@ -125,19 +137,21 @@ class VICReg(SSLMethod):
         # solo-learn's CIFAR views for VICReg: two alike, crops of 20-100% of the image, no
         # blur at 32 pixels, solarization p 0.1.
         view = ViewTransform(crop_scale=(0.2, 1.0), blur_p=0.0, solarize_p=0.1)
+        if self.num_local_views:
+            return small_image_multicrop_views(view, self.num_local_views)
         return BYOLViews(view1=view, view2=view)
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
-        check_views(batch, "VICReg", "BYOLViews")
+        check_views(batch, "VICReg", "BYOLViews", exact=False)
         check_batch_size(
             batch, "VICReg", "it takes variances over the batch", self.gather_distributed
         )
-        features = self.embed_views(batch.views)  # [2B, D]
+        num_views, batch_size = len(batch.views), batch.views[0].shape[0]
+        features = self.embed_views(batch.views)  # [V*B, D]
         # One projector call per view, as in the paper: its BatchNorm sees each view alone.
-        z1, z2 = (self.projector(f) for f in features.chunk(2))  # [B, P] each
-        loss, terms = vicreg_loss(
-            z1,
-            z2,
+        z = torch.stack([self.projector(f) for f in features.chunk(num_views)])  # [V, B, P]
+        loss, terms = multiview_vicreg_loss(
+            z,
             self.invariance_weight,
             self.variance_weight,
             self.covariance_weight,
@@ -145,6 +159,10 @@ class VICReg(SSLMethod):
             self.eps,
             self.gather_distributed,
         )
+        num_global = num_global_views(batch.views)
         return PretextOutput(
-            loss=loss, features=features, labels=batch.labels.repeat(2), metrics=terms
+            loss=loss,
+            features=features[: num_global * batch_size],
+            labels=batch.labels.repeat(num_global),
+            metrics=terms,
         )
