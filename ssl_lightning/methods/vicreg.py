@@ -41,7 +41,9 @@ class VICReg(SSLMethod):
     ``train/covariance``. With more views (``num_local_views`` > 0, or
     ``data.corruption=MultiCropViews``) the loss is the mean over every pair of views
     (:func:`~ssl_lightning.losses.multiview_vicreg_loss`); callbacks get the global views'
-    features only.
+    features only. On CIFAR-10 local views did not help VICReg on a short run (within seed
+    noise after 499 steps, each step 2.1x as long: benchmarks/README.md, "Short budgets"),
+    so the budget recipe leaves them off.
 
     Loss weights, ``gamma`` and ``eps`` are the paper's. CIFAR defaults from solo-learn's
     CIFAR VICReg config (``scripts/pretrain/cifar/vicreg.yaml``): projector 2048-2048-2048,
