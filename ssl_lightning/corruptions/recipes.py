@@ -212,7 +212,7 @@ def small_image_multicrop_views(
 ) -> MultiCropViews:
     """Multi-crop for 32-pixel images, for a short run: 2 global views of ``global_view`` and
     ``num_local`` local crops of 10-40 % of the image at ``local_size`` pixels, with the global
-    recipe's colour ops (SwAV's multi-crop, Caron et al. 2020, arXiv:2006.09882, at scales
+    recipe's color ops (SwAV's multi-crop, Caron et al. 2020, arXiv:2006.09882, at scales
     measured on CIFAR-10: benchmarks/README.md, "Short budgets").
 
     A 16-pixel view costs about a quarter of a 32-pixel one, and is the smallest a 4-block

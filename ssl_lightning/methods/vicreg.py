@@ -129,7 +129,7 @@ class VICReg(SSLMethod):
         )
         self.invariance_weight, self.variance_weight = invariance_weight, variance_weight
         self.covariance_weight, self.gamma, self.eps = covariance_weight, gamma, eps
-        self.num_local_views = self.recipe_arg("num_local_views", num_local_views)
+        self.num_local_views = num_local_views
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
             self.num_features, proj_hidden_dim, proj_output_dim, proj_num_layers
