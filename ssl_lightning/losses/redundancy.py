@@ -161,7 +161,8 @@ def multiview_vicreg_loss(
         pairs = [(i, j) for i in range(num_views) for j in range(i + 1, num_views)]
         mse = torch.stack([F.mse_loss(z[i], z[j]) for i, j in pairs]).mean()
         invariance = invariance_weight * mse
-        stats = [_global(view, gather_distributed) for view in z]
+        # [V, R*B, D]: every view's rows from all ranks, in one gather rather than V.
+        stats = _global(z.transpose(0, 1).contiguous(), gather_distributed).transpose(0, 1)
         # Each view is in V - 1 of the V (V - 1) / 2 pairs: the pair mean weighs it 2 / V.
         hinges = torch.stack([_std_hinge(g, gamma, eps) for g in stats])
         variance = variance_weight * 2 * hinges.mean()
