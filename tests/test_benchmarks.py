@@ -160,14 +160,19 @@ def _time_to_accuracy(tmp_path: Path, *extra: str) -> list[dict]:
 
 
 def test_time_to_accuracy_evaluates_untrained_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
+    from benchmarks import time_to_accuracy
+
     plot = tmp_path / "curve.png"
     rows = _time_to_accuracy(tmp_path, "--max-steps", "5", "--eval-every", "2", "--plot", str(plot))
+    by_step = tmp_path / "by_step.png"  # plot only: the rows already in --out, by step
+    replot = ["--out", str(tmp_path / "rows.jsonl"), "--plot", str(by_step), "--plot-x", "steps"]
+    assert time_to_accuracy.main([*replot, "--plot-gain", "15"]) == rows
     assert [r["step"] for r in rows] == [0, 2, 4, 5]
     assert rows[0]["train_seconds"] == 0.0
     assert [r["train_seconds"] for r in rows] == sorted(r["train_seconds"] for r in rows)
     assert all(r["views"] == 3 and r["set"]["num_views"] == 3 for r in rows)
     assert all(0.0 <= r["linear_top1"] <= 1.0 and 0.0 <= r["knn_top1"] <= 1.0 for r in rows)
-    assert plot.stat().st_size > 0
+    assert plot.stat().st_size > 0 and by_step.stat().st_size > 0
 
 
 def test_time_to_accuracy_stops_at_the_target_or_the_time_limit(tmp_path: Path) -> None:
