@@ -3,13 +3,14 @@ against the training wall time, until a target accuracy or a time limit.
 
 Every ``--eval-every`` optimizer steps the training clock stops, the backbone the method exports
 is evaluated frozen (:func:`ssl_lightning.evaluation.evaluate_stages`: features of the clean
-train and test images, a linear classifier and a kNN classifier), and a row goes to ``--out``
-(JSON lines): method, step, training seconds (evaluation excluded), images/s and views/s,
-linear and kNN top-1. The learning-rate schedule spans ``--max-steps``; the run stops there, or
-earlier when the linear top-1 reaches ``--target`` or the training time passes
-``--max-minutes``. ``--plot`` draws every run in ``--out``: accuracy against training minutes
-(or optimizer steps: ``--plot-x steps``), one colour per run, and random init + ``--plot-gain``
-points as a dotted line.
+train and test images, a linear classifier and a kNN classifier), as is each module named by
+``--also-evaluate`` (DINO's student ``backbone`` beside its exported teacher), and a row goes to
+``--out`` (JSON lines): method, module, step, training seconds (evaluation excluded), images/s
+and views/s, linear and kNN top-1. The learning-rate schedule spans ``--max-steps``; the run
+stops there, or earlier when the first module's linear top-1 reaches ``--target`` or the
+training time passes ``--max-minutes``. ``--plot`` draws every run in ``--out``: accuracy
+against training minutes (or optimizer steps: ``--plot-x steps``), one colour per run, and
+random init + ``--plot-gain`` points as a dotted line.
 
 On one GPU (ResNet-18 on CIFAR-10, the documented target: 90 % linear within one GPU-hour)::
 
@@ -57,9 +58,10 @@ class AccuracyClock(L.Callback):
         max_seconds: float,
         row: dict[str, Any],
         out: Path,
+        modules: list[str],
     ) -> None:
         self.data, self.every, self.target, self.max_seconds = data, every, target, max_seconds
-        self.row, self.out = row, out
+        self.row, self.out, self.modules = row, out, modules
         self.trained, self.started = 0.0, 0.0
         self.rows: list[dict[str, Any]] = []
 
@@ -77,13 +79,18 @@ class AccuracyClock(L.Callback):
         self.started = time.perf_counter()
 
     def evaluate(self, trainer: L.Trainer, model: SSLMethod, step: int) -> None:
-        backbone = getattr(model, model.export_module)
+        for module in self.modules:  # the first decides the stop
+            self.evaluate_module(trainer, model, step, module)
+
+    def evaluate_module(self, trainer: L.Trainer, model: SSLMethod, step: int, module: str) -> None:
+        backbone = getattr(model, module)
         was_training = backbone.training
         result = evaluate_stages(backbone, self.data)["last"]
         backbone.train(was_training)
         images = step * self.row["batch_size"]
         row = {
             **self.row,
+            "module": module,
             "step": step,
             "train_seconds": round(self.trained, 1),
             "images_per_s": round(images / max(self.trained, 1e-9), 1),
@@ -95,11 +102,15 @@ class AccuracyClock(L.Callback):
         with self.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(
-            f"  step {step}: {self.trained:.0f} s training, linear {result.linear_top1:.1%}, "
-            f"kNN {result.knn_top1:.1%}",
+            f"  step {step} ({module}): {self.trained:.0f} s training, "
+            f"linear {result.linear_top1:.1%}, kNN {result.knn_top1:.1%}",
             flush=True,
         )
-        if step and (result.linear_top1 >= self.target or self.trained > self.max_seconds):
+        if (
+            module == self.modules[0]
+            and step
+            and (result.linear_top1 >= self.target or self.trained > self.max_seconds)
+        ):
             trainer.should_stop = True
 
 
@@ -131,7 +142,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "batch_size": args.batch_size,
         "views": views,
     }
-    clock = AccuracyClock(data, args.eval_every, args.target, 60 * args.max_minutes, row, args.out)
+    modules = [model.export_module, *(m for m in args.also_evaluate if m != model.export_module)]
+    for module in modules:
+        if not isinstance(getattr(model, module, None), torch.nn.Module):
+            raise SystemExit(f"{args.method} has no module {module!r} (--also-evaluate)")
+    clock = AccuracyClock(
+        data, args.eval_every, args.target, 60 * args.max_minutes, row, args.out, modules
+    )
     trainer = quiet_trainer(
         accelerator="auto",
         devices=1,
@@ -152,8 +169,11 @@ def plot(rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for i, label in enumerate(dict.fromkeys(r["run"] for r in rows)):
-        mine = sorted((r for r in rows if r["run"] == label), key=lambda r: r["step"])
+    curves = dict.fromkeys((r["run"], r.get("module")) for r in rows)
+    for i, (run, module) in enumerate(curves):
+        mine = [r for r in rows if (r["run"], r.get("module")) == (run, module)]
+        mine.sort(key=lambda r: r["step"])
+        label = run if sum(c[0] == run for c in curves) == 1 else f"{run} ({module})"
         at = [r["train_seconds"] / 60 if x == "minutes" else r["step"] for r in mine]
         ax.plot(at, [100 * r["linear_top1"] for r in mine], "-o", color=f"C{i}", label=label)
         ax.plot(at, [100 * r["knn_top1"] for r in mine], "--", color=f"C{i}")
@@ -190,6 +210,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="a method argument as NAME=JSON, e.g. lr=5e-3 or optimizer='\"adamw\"'",
     )
     parser.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
+    parser.add_argument(
+        "--also-evaluate",
+        action="append",
+        default=[],
+        help="another backbone to evaluate beside the exported one, e.g. backbone (DINO's student)",
+    )
     parser.add_argument("--target", type=float, default=0.9, help="stop at this linear top-1")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="training time limit")
     parser.add_argument(

@@ -180,6 +180,7 @@ def test_time_to_accuracy_stops_at_the_target_or_the_time_limit(tmp_path: Path) 
         tmp_path, "--max-steps", "9", "--eval-every", "2", "--target", "0"
     )
     assert [r["step"] for r in at_target] == [0, 2]
+    assert {r["module"] for r in at_target} == {"backbone"}
     out_of_time = _time_to_accuracy(
         tmp_path / "limit", "--max-steps", "9", "--eval-every", "5", "--max-minutes", "0"
     )
@@ -209,3 +210,24 @@ def test_per_view_times_both_cpu_paths_checks_they_agree_and_names_the_default()
     assert small["per_view_ms"] > 0 and small["batched_ms"] > 0
     assert small["max_difference"] == 0.0 and large["max_difference"] < 1e-6
     assert (small["default_per_view"], large["default_per_view"]) == (False, True)
+
+
+def test_time_to_accuracy_evaluates_a_second_module_beside_the_exported_one(tmp_path: Path) -> None:
+    from benchmarks import time_to_accuracy
+    from benchmarks.__main__ import SAMPLE
+
+    argv = ["--data-dir", str(SAMPLE), "--method", "DINO", "--batch-size", "16"]
+    argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--set", "num_prototypes=8"]
+    argv += ["--set", "proj_hidden_dim=16", "--set", "proj_bottleneck_dim=8"]
+    argv += ["--max-steps", "2", "--eval-every", "2", "--also-evaluate", "backbone"]
+    rows = time_to_accuracy.main([*argv, "--out", str(tmp_path / "rows.jsonl")])
+    assert [(r["step"], r["module"]) for r in rows] == [
+        (0, "teacher_backbone"),
+        (0, "backbone"),
+        (2, "teacher_backbone"),
+        (2, "backbone"),
+    ]
+    # the untrained teacher is a copy of the student: the same features, the same scores
+    assert rows[0]["linear_top1"] == rows[1]["linear_top1"]
+    with pytest.raises(SystemExit, match="no module 'head_x'"):
+        time_to_accuracy.main([*argv, "--also-evaluate", "head_x", "--out", str(tmp_path / "x")])
