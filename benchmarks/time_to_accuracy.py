@@ -168,7 +168,7 @@ def plot(rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float
     plus ``gain`` points as a dotted line (a goal such as random init + 15)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     curves = dict.fromkeys((r["run"], r.get("module")) for r in rows)
     for i, (run, module) in enumerate(curves):
         mine = [r for r in rows if (r["run"], r.get("module")) == (run, module)]
@@ -187,7 +187,7 @@ def plot(rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float
     )
     ax.set_ylabel("top-1 (%): linear solid, kNN dashed")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the curves
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
