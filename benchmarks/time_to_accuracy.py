@@ -79,10 +79,13 @@ class AccuracyClock(L.Callback):
         self.started = time.perf_counter()
 
     def evaluate(self, trainer: L.Trainer, model: SSLMethod, step: int) -> None:
-        for module in self.modules:  # the first decides the stop
-            self.evaluate_module(trainer, model, step, module)
+        top1 = [self.evaluate_module(model, step, module) for module in self.modules]
+        # The exported module's accuracy decides the stop.
+        if step and (top1[0] >= self.target or self.trained > self.max_seconds):
+            trainer.should_stop = True
 
-    def evaluate_module(self, trainer: L.Trainer, model: SSLMethod, step: int, module: str) -> None:
+    def evaluate_module(self, model: SSLMethod, step: int, module: str) -> float:
+        """Evaluates ``model.<module>``, appends its row to ``--out``; returns its linear top-1."""
         backbone = getattr(model, module)
         was_training = backbone.training
         result = evaluate_stages(backbone, self.data)["last"]
@@ -106,12 +109,7 @@ class AccuracyClock(L.Callback):
             f"linear {result.linear_top1:.1%}, kNN {result.knn_top1:.1%}",
             flush=True,
         )
-        if (
-            module == self.modules[0]
-            and step
-            and (result.linear_top1 >= self.target or self.trained > self.max_seconds)
-        ):
-            trainer.should_stop = True
+        return result.linear_top1
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -162,10 +160,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return clock.rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float = 0.0) -> None:
+def plot(
+    rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float = 0.0
+) -> dict[str, Any]:
     """Linear (solid) and kNN (dashed) top-1 against training minutes or optimizer steps
     (``x``), one colour per run; ``gain`` > 0 draws the first run's untrained linear top-1
-    plus ``gain`` points as a dotted line (a goal such as random init + 15)."""
+    plus ``gain`` points as a dotted line (a goal such as random init + 15). Returns each
+    labelled line's ``[N, 2]`` points (x, top-1 %)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -191,6 +192,8 @@ def plot(rows: list[dict[str, Any]], path: Path, x: str = "minutes", gain: float
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    labelled = ((str(line.get_label()), line) for line in ax.get_lines())
+    return {label: line.get_xydata() for label, line in labelled if not label.startswith("_")}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -167,6 +168,13 @@ def test_time_to_accuracy_evaluates_untrained_every_n_steps_and_at_the_end(tmp_p
     by_step = tmp_path / "by_step.png"  # plot only: the rows already in --out, by step
     replot = ["--out", str(tmp_path / "rows.jsonl"), "--plot", str(by_step), "--plot-x", "steps"]
     assert time_to_accuracy.main([*replot, "--plot-gain", "15"]) == rows
+    lines = time_to_accuracy.plot(rows, by_step, x="steps", gain=15)
+    assert lines.keys() == {"FastSiam", "random init + 15"}
+    assert lines["FastSiam"][:, 0].tolist() == [0, 2, 4, 5]  # steps on x
+    assert lines["FastSiam"][:, 1].tolist() == [100 * r["linear_top1"] for r in rows]
+    assert lines["random init + 15"][0, 1] == 100 * rows[0]["linear_top1"] + 15
+    minutes = time_to_accuracy.plot(rows, by_step)["FastSiam"][:, 0]
+    assert minutes.tolist() == [r["train_seconds"] / 60 for r in rows]
     assert [r["step"] for r in rows] == [0, 2, 4, 5]
     assert rows[0]["train_seconds"] == 0.0
     assert [r["train_seconds"] for r in rows] == sorted(r["train_seconds"] for r in rows)
@@ -212,9 +220,20 @@ def test_per_view_times_both_cpu_paths_checks_they_agree_and_names_the_default()
     assert (small["default_per_view"], large["default_per_view"]) == (False, True)
 
 
-def test_time_to_accuracy_evaluates_a_second_module_beside_the_exported_one(tmp_path: Path) -> None:
+def test_time_to_accuracy_evaluates_a_second_module_beside_the_exported_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from benchmarks import time_to_accuracy
     from benchmarks.__main__ import SAMPLE
+
+    evaluated: list[torch.nn.Module] = []
+    evaluate_stages = time_to_accuracy.evaluate_stages
+
+    def spy(backbone: torch.nn.Module, data: Any) -> Any:
+        evaluated.append(backbone)
+        return evaluate_stages(backbone, data)
+
+    monkeypatch.setattr(time_to_accuracy, "evaluate_stages", spy)
 
     argv = ["--data-dir", str(SAMPLE), "--method", "DINO", "--batch-size", "16"]
     argv += ["--backbone-kwargs", '{"width": 8, "depth": 2}', "--set", "num_prototypes=8"]
@@ -229,5 +248,8 @@ def test_time_to_accuracy_evaluates_a_second_module_beside_the_exported_one(tmp_
     ]
     # the untrained teacher is a copy of the student: the same features, the same scores
     assert rows[0]["linear_top1"] == rows[1]["linear_top1"]
+    # two different networks, teacher first, at every point
+    teacher, student = evaluated[:2]
+    assert teacher is not student and evaluated == [teacher, student, teacher, student]
     with pytest.raises(SystemExit, match="no module 'head_x'"):
         time_to_accuracy.main([*argv, "--also-evaluate", "head_x", "--out", str(tmp_path / "x")])
