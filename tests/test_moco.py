@@ -132,13 +132,35 @@ def test_step_is_the_symmetric_loss_of_its_heads_with_one_pass_per_encoder(
     assert all(p.grad is not None for p in model.predictor.parameters())
 
 
-def test_heads_have_the_papers_shapes() -> None:
+def _widths_and_last_bn(head: torch.nn.Module) -> tuple[list[int], bool]:
+    linears = [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    return linears, isinstance(head.layers[-1], torch.nn.BatchNorm1d)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("tiny", "projector", "predictor"),
+    [
+        (CONVNET, ([32, 16], True), ([32, 16], False)),  # moco-v3's MoCo_ResNet
+        (VIT, ([32, 32, 16], True), ([32, 16], True)),  # moco-v3's MoCo_ViT
+    ],
+    ids=["cnn", "vit"],
+)
+def test_heads_have_the_papers_shapes_for_each_backbone_family(
+    tiny: dict[str, Any],
+    projector: tuple[list[int], bool],
+    predictor: tuple[list[int], bool],
+) -> None:
+    model = MoCoV3(**tiny)
+    assert _widths_and_last_bn(model.projector) == projector
+    assert _widths_and_last_bn(model.predictor) == predictor
+    deeper = MoCoV3(**tiny, proj_num_layers=4).projector
+    assert _widths_and_last_bn(deeper) == ([32, 32, 32, 16], True)
+
+
+def test_defaults_are_solo_learns_cifar_recipe() -> None:
     model = MoCoV3(backbone="convnet", backbone_kwargs={"width": 4})
-    linears = [m.out_features for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears == [4096, 4096, 256]
-    assert isinstance(model.projector.layers[-1], torch.nn.BatchNorm1d)  # the last BatchNorm
-    linears = [m.out_features for m in model.predictor.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears == [4096, 256]
+    assert _widths_and_last_bn(model.projector)[0] == [4096, 256]
+    assert _widths_and_last_bn(model.predictor)[0] == [4096, 256]
     assert isinstance(model.default_corruption(), BYOLViews)
     assert (model.temperature, model.base_momentum) == (0.2, 0.99)
     assert (model.optimizer_name, model.lr, model.weight_decay, model.lars_eta) == (
@@ -184,6 +206,8 @@ def test_bad_arguments_and_batches_name_the_fix() -> None:
         MoCoV3(**CONVNET | {"base_momentum": 1.5})
     with pytest.raises(ValueError, match=r"0.*model\.pred_hidden_dim"):
         MoCoV3(**CONVNET | {"pred_hidden_dim": 0})
+    with pytest.raises(ValueError, match=r"0.*model\.proj_num_layers"):
+        MoCoV3(**CONVNET | {"proj_num_layers": 0})
     model = MoCoV3(**CONVNET)
     three = Batch(views=[*_batch().views, _batch().views[0]], labels=torch.arange(4))
     with pytest.raises(ValueError, match=r"2 views.*made 3.*data\.corruption=BYOLViews"):

@@ -49,9 +49,11 @@ class DINO(SSLMethod):
     ResNet-18): head 2048-2048-256, 4096 prototypes (the paper: 65536), LARS eta 0.02 (its
     ``clip_lr`` is ``lars_clip=True``, which the config sets), lr 0.3 x batch / 256, weight
     decay 1e-6, 10 warmup epochs, temperatures 0.1 (student) and 0.04 -> 0.07 over 50 epochs
-    (teacher); the paper's teacher momentum 0.996
-    (solo-learn: 0.9995); CIFAR-scale multi-crop: 2 global 32-pixel crops from ``(0.4, 1)`` of
-    the area, 6 local 16-pixel ones (patch 4 divides them) from ``(0.05, 0.4)``, no blur.
+    (teacher: solo-learn's default before its OmegaConf configs, which keep 0.07 from the
+    start; DINO's code warms 0.04 -> 0.07 over 30 epochs for its longer ViT runs); the
+    paper's teacher momentum 0.996 (solo-learn: 0.9995); CIFAR-scale multi-crop: 2 global
+    32-pixel crops from ``(0.4, 1)`` of the area, 6 local 16-pixel ones (patch 4 divides
+    them) from ``(0.05, 0.4)``, no blur.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).

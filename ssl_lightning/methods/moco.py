@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_lightning.backbones import VisionTransformer
 from ssl_lightning.corruptions import Corruption
 from ssl_lightning.corruptions.batch import Batch
 from ssl_lightning.corruptions.recipes import small_image_byol_views
@@ -44,13 +45,17 @@ class MoCoV3(SSLMethod):
     encoder) and query ``i`` of rank ``r`` is labelled ``r * B + i``
     (:func:`~ssl_lightning.losses.info_nce`).
 
+    The heads follow the paper's code (``moco/builder.py``) per backbone family: for a CNN a
+    2-layer projector 4096-256 with a last BatchNorm and a 2-layer predictor 4096-256 without
+    one (``MoCo_ResNet``, as solo-learn's CIFAR recipe builds for ResNets); for a ViT a 3-layer
+    projector 4096-4096-256 and a predictor that both end in a BatchNorm (``MoCo_ViT``).
+
     The CIFAR defaults are solo-learn's CIFAR MoCo v3 config (``scripts/pretrain/cifar/
-    mocov3.yaml``; the paper has no CIFAR recipe): projector 4096-4096-256 with a last
-    BatchNorm, predictor 4096-256, ``t = 0.2``, momentum 0.99 -> 1, LARS with eta 0.02, lr 0.3
-    x batch / 256 and weight decay 1e-6, 10 warmup epochs. solo-learn's LARS also caps the
-    adapted rate at ``lr`` (its ``clip_lr``): ``lars_clip=True``, which the config sets (off
-    by default, as for :class:`VICReg`). The paper's
-    ImageNet ResNet recipe: LARS lr 0.3 x batch / 256 at batch 4096, eta 1e-3, weight decay
+    mocov3.yaml``; the paper has no CIFAR recipe): hidden widths 4096, output 256, ``t = 0.2``,
+    momentum 0.99 -> 1, LARS with eta 0.02, lr 0.3 x batch / 256 and weight decay 1e-6, 10
+    warmup epochs. solo-learn's LARS also caps the adapted rate at ``lr`` (its ``clip_lr``):
+    ``lars_clip=True``, which the config sets (off by default, as for :class:`VICReg`). The
+    paper's ImageNet ResNet recipe: LARS lr 0.3 x batch / 256 at batch 4096, eta 1e-3, weight decay
     1.5e-6, momentum 0.99 (ViT: AdamW), with BYOL's views.
 
     The default views are BYOL's pair without blur, for 32-pixel images
@@ -60,9 +65,12 @@ class MoCoV3(SSLMethod):
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
         backbone_kwargs: arguments for the registered backbone.
-        proj_hidden_dim: hidden width of the 3-layer projector.
+        proj_hidden_dim: hidden width of the projector.
         proj_output_dim: output width of projector and predictor (the contrastive space).
         pred_hidden_dim: hidden width of the 2-layer predictor.
+        proj_num_layers: Linear layers of the projector; ``None``: 3 for a
+            :class:`~ssl_lightning.backbones.VisionTransformer`, 2 for any other backbone
+            (the paper's ViT and ResNet heads). The predictor ends in a BatchNorm for a ViT.
         temperature: InfoNCE temperature ``t > 0``.
         base_momentum: EMA momentum at the start of the run, in ``[0, 1]``.
         gather_distributed: contrast against the keys of every rank under DDP.
@@ -80,6 +88,7 @@ class MoCoV3(SSLMethod):
         proj_hidden_dim: int = 4096,
         proj_output_dim: int = 256,
         pred_hidden_dim: int = 4096,
+        proj_num_layers: int | None = None,
         temperature: float = 0.2,
         base_momentum: float = 0.99,
         gather_distributed: bool = True,
@@ -98,6 +107,7 @@ class MoCoV3(SSLMethod):
             proj_hidden_dim=proj_hidden_dim,
             proj_output_dim=proj_output_dim,
             pred_hidden_dim=pred_hidden_dim,
+            proj_num_layers=1 if proj_num_layers is None else proj_num_layers,
         )
         super().__init__(
             backbone=backbone,
@@ -113,10 +123,19 @@ class MoCoV3(SSLMethod):
         self.temperature = temperature
         self.base_momentum = base_momentum
         self.gather_distributed = gather_distributed
+        vit = isinstance(self.backbone, VisionTransformer)
+        if proj_num_layers is None:
+            proj_num_layers = 3 if vit else 2
         self.projector = ProjectionHead(
-            self.num_features, proj_hidden_dim, proj_output_dim, num_layers=3, last_batch_norm=True
+            self.num_features,
+            proj_hidden_dim,
+            proj_output_dim,
+            proj_num_layers,
+            last_batch_norm=True,
         )
-        self.predictor = ProjectionHead(proj_output_dim, pred_hidden_dim, proj_output_dim, 2)
+        self.predictor = ProjectionHead(
+            proj_output_dim, pred_hidden_dim, proj_output_dim, 2, last_batch_norm=vit
+        )
         self.momentum_backbone = ema_copy(self.backbone)
         self.momentum_projector = ema_copy(self.projector)
 
