@@ -144,7 +144,7 @@ def test_caches_exported_weights_and_checkpoints_respect_the_umask(
     assert len(files) == 8 and {p.name: _mode(p) for p in files} == {p.name: 0o644 for p in files}
 
     main(_fit_args(tmp_path / "run"))
-    (ckpt,) = (tmp_path / "run").rglob("*.ckpt")
+    (ckpt,) = (tmp_path / "run").rglob("epoch=*.ckpt")
     out = export_backbone(ckpt, tmp_path / "backbone.pt")
     assert _mode(ckpt) == 0o644 and _mode(out) == 0o644
 
@@ -195,9 +195,25 @@ def test_the_cpu_config_saves_a_checkpoint_in_a_run_shorter_than_its_validation_
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
-    (ckpt,) = tmp_path.rglob("*.ckpt")
+    (ckpt,) = tmp_path.rglob("epoch=*.ckpt")
     assert "step=3" in ckpt.name
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    # last.ckpt, the name the README's evaluate and export commands use, is the same file.
+    last = ckpt.with_name("last.ckpt")
+    assert last.resolve() == ckpt.resolve()
+
+
+def test_last_ckpt_follows_the_newest_save_and_a_run_resumes_from_it(tmp_path: Path) -> None:
+    steps = ("--trainer.max_steps=-1", "--trainer.limit_train_batches=2")
+    main(_fit_args(tmp_path / "first", *steps, "--trainer.max_epochs=2"))  # saves at 2 and 4
+    (saved,) = (tmp_path / "first").rglob("epoch=*.ckpt")  # top-1: the step 2 file is gone
+    last = saved.with_name("last.ckpt")
+    assert "step=4" in saved.name and last.resolve() == saved.resolve()
+
+    resume = ("--trainer.max_epochs=3", f"--ckpt_path={last}")
+    main(_fit_args(tmp_path / "resumed", *steps, *resume))
+    (resumed,) = (tmp_path / "resumed").rglob("last.ckpt")
+    assert torch.load(resumed, weights_only=True)["global_step"] == 6  # went on from step 4
 
 
 SLOW_SAVE = """

@@ -181,6 +181,6 @@ def test_prepare_then_fit_from_the_command_line(tmp_path: Path) -> None:
     args = [a.replace(str(SAMPLE), str(tmp_path / "shards")) for a in args]
     tiny = "--data.corruption=SimCLRViews", "--data.corruption.view.size=16"
     main([*args, "--model.backbone_kwargs={width: 8}", "--data.decode=device", *tiny])
-    assert next(tmp_path.rglob("*.ckpt")).name.endswith("step=2.ckpt")
+    assert next(tmp_path.rglob("epoch=*.ckpt")).name.endswith("step=2.ckpt")
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "decode: device" in config

@@ -250,6 +250,6 @@ def test_cli_short_name_run(tmp_path: Path) -> None:
             "--model.decoder_num_heads=2",
         )
     )
-    assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
+    assert "step=2" in next(tmp_path.rglob("epoch=*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "class_path: ssl_lightning.MAE" in config

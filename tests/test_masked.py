@@ -151,6 +151,6 @@ def test_cli_short_name_run(tmp_path: Path) -> None:
             "--model.loss=l1",
         )
     )
-    assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
+    assert "step=2" in next(tmp_path.rglob("epoch=*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "class_path: ssl_lightning.MaskedReconstruction" in config and "loss: l1" in config

@@ -138,7 +138,7 @@ def test_cli_short_name_run(tmp_path: Path) -> None:
             "--trainer.log_every_n_steps=1",
         )
     )
-    assert "step=2" in next(tmp_path.rglob("*.ckpt")).name
+    assert "step=2" in next(tmp_path.rglob("epoch=*.ckpt")).name
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "class_path: ssl_lightning.RotationPrediction" in config and "mode: random" in config
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()

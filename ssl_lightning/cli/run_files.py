@@ -10,7 +10,8 @@ does, and calls the third when a run fails):
   is another file system), and reads with ``torch.load(weights_only=True)``, naming the file
   when it is truncated or holds objects other than tensors and plain data;
 - :class:`FinalCheckpoint` is Lightning's ``ModelCheckpoint`` that also saves when fit ends
-  on a step it has not saved (a run shorter than its validation interval saved nothing);
+  on a step it has not saved (a run shorter than its validation interval saved nothing), and
+  keeps ``checkpoints/last.ckpt`` pointing at the newest save;
 - :func:`remove_failed_run_log` deletes the log folder of a failed run that holds nothing but
   the configuration it wrote at its start.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -74,24 +75,31 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 class FinalCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that also saves at the end of fit, if the last step has no save.
+    """``ModelCheckpoint`` that also saves at the end of fit, if the last step has no save, and
+    keeps ``last.ckpt`` beside its saves (``save_last="link"``: a link to the newest one, a
+    copy where links are not allowed).
 
     The end-of-fit save is one more save of the same kind (the same file name pattern and
-    top-k rule), so ``ckpt_path=last`` and the newest file both hold the final weights.
+    top-k rule), so ``last.ckpt``, ``ckpt_path=last`` and the newest file all hold the final
+    weights.
     """
 
+    def __init__(self, save_last: bool | Literal["link"] | None = "link", **kwargs: Any) -> None:
+        super().__init__(save_last=save_last, **kwargs)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > 0 and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            if self.monitor is None or self.monitor in candidates:
+                self._save_topk_checkpoint(trainer, candidates)
+            if self._last_global_step_saved != trainer.global_step and self.save_top_k != 0:
+                # The monitored metric was never logged: keep the weights as last.ckpt.
+                self._save_checkpoint(
+                    trainer, self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+                )
+            else:
+                self._save_last_checkpoint(trainer, candidates)
         super().on_train_end(trainer, pl_module)
-        if trainer.global_step == 0 or self._should_skip_saving_checkpoint(trainer):
-            return
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor is None or self.monitor in candidates:
-            self._save_topk_checkpoint(trainer, candidates)
-        if self._last_global_step_saved != trainer.global_step and self.save_top_k != 0:
-            # The monitored metric was never logged: keep the weights as last.ckpt.
-            self._save_checkpoint(
-                trainer, self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
-            )
 
 
 def remove_failed_run_log(trainer: L.Trainer, started: float) -> bool:
