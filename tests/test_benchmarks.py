@@ -150,6 +150,28 @@ def test_probe_quality_fine_tunes_each_backbone_and_the_scratch_baseline(tmp_pat
     assert all(0.0 <= r["finetune_top1"] <= 1.0 for r in rows)
 
 
+def test_benchmarks_score_on_a_held_out_share_of_train_with_val_fraction(tmp_path: Path) -> None:
+    from benchmarks import probe_quality, time_to_accuracy
+    from benchmarks.__main__ import SAMPLE
+
+    only_train = tmp_path / "images"  # no test/: only a hold-out can be scored
+    (only_train / "train").parent.mkdir()
+    (only_train / "train").symlink_to(SAMPLE / "train")
+    tiny = ["--data-dir", str(only_train), "--backbone-kwargs", '{"width": 8, "depth": 2}']
+    tiny += ["--batch-size", "16", "--method", "SimCLR"]
+    argv = [*tiny, "--steps", "1", "--out", str(tmp_path / "probe.jsonl")]
+    with pytest.raises(ValueError, match="no test split"):
+        probe_quality.main(argv)
+    rows = probe_quality.main([*argv, "--val-fraction", "0.5"])
+    assert [(r["method"], r["val_fraction"]) for r in rows] == [
+        ("random init", 0.5),
+        ("SimCLR", 0.5),
+    ]
+    argv = [*tiny, "--max-steps", "1", "--eval-every", "1", "--out", str(tmp_path / "t.jsonl")]
+    rows = time_to_accuracy.main([*argv, "--val-fraction", "0.5"])
+    assert [(r["step"], r["val_fraction"]) for r in rows] == [(0, 0.5), (1, 0.5)]
+
+
 def _time_to_accuracy(tmp_path: Path, *extra: str) -> list[dict]:
     from benchmarks import time_to_accuracy
     from benchmarks.__main__ import SAMPLE
