@@ -133,10 +133,13 @@ def test_evaluate_fine_tune_writes_rows_beside_the_scratch_baseline(
         ("fine-tune", str(ckpt), 2),
         ("fine-tune", "random init (convnet)", 2),
     ]
+    recipe = {"lr": 1e-3, "weight_decay": 0.05, "layer_decay": None, "batch_size": 16, "seed": 0}
+    assert all(r.items() >= {**recipe, "val_fraction": 0.0}.items() for r in rows)
     assert "| model | labels | steps | top-1 | top-5 |" in capsys.readouterr().out
-    main(args)
+    main([*args, "--val-fraction", "0.5"])
     frozen = json.loads(out.read_text().splitlines()[-1])
     assert frozen["protocol"] == "frozen" and frozen["stages"] == "last"
+    assert frozen["val_fraction"] == 0.5 and "lr" not in frozen  # scored on a hold-out
 
 
 def test_a_fine_tune_checkpoint_round_trips_and_resumes_exactly(tmp_path: Path) -> None:

@@ -186,8 +186,17 @@ def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, source in sources:
         start = time.perf_counter()
-        common = {"model": name, "label_fraction": ns.label_fraction}
+        # The split and the recipe, so a row says what it was scored on and can be rerun.
+        common = {
+            "model": name,
+            "label_fraction": ns.label_fraction,
+            "val_fraction": ns.val_fraction,
+            "batch_size": ns.batch_size,
+            "seed": ns.seed,
+        }
         if ns.fine_tune:
+            recipe = {"lr": ns.lr, "weight_decay": ns.weight_decay, "layer_decay": ns.layer_decay}
+            common |= recipe
             result = fine_tune(
                 source,
                 data,
