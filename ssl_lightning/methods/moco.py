@@ -71,7 +71,7 @@ class MoCoV3(SSLMethod):
         proj_num_layers: Linear layers of the projector; ``None``: 3 for a
             :class:`~ssl_lightning.backbones.VisionTransformer`, 2 for any other backbone
             (the paper's ViT and ResNet heads). The predictor ends in a BatchNorm for a ViT.
-            Checkpoints of CNN runs made when every backbone got 3 layers load with 3.
+            A CNN checkpoint whose projector has 3 layers loads with 3.
         temperature: InfoNCE temperature ``t > 0``.
         base_momentum: EMA momentum at the start of the run, in ``[0, 1]``.
         gather_distributed: contrast against the keys of every rank under DDP.
