@@ -224,7 +224,7 @@ def test_test_from_the_command_line_needs_only_the_evaluation_checkpoint(
             tmp_path / "fit", "LinearEvaluation", f"--model.backbone_checkpoint={pretrained}"
         )
     )
-    (ckpt,) = (tmp_path / "fit").rglob("*.ckpt")
+    (ckpt,) = (tmp_path / "fit").rglob("epoch=*.ckpt")
     pretrained.unlink()
 
     # The model's settings come from the checkpoint (LightningCLI reads its hyper-parameters).
