@@ -242,6 +242,17 @@ def plot_budget_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def add_val_fraction(parser: argparse.ArgumentParser) -> None:
+    """``--val-fraction``: the held-out split both benchmarks can score on instead of test."""
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="score on this stratified share of the training images, held out of pretraining "
+        "and of the classifier's fit, instead of the test images (for choosing settings)",
+    )
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Runs the command line ``argv`` (``sys.argv`` by default); returns the rows of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -280,13 +291,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="score on this stratified share of the training images, held out of pretraining "
-        "and of the classifier's fit, instead of the test images (for choosing settings)",
-    )
+    add_val_fraction(parser)
     parser.add_argument(
         "--plot", type=Path, help="also draw accuracy against steps for every row of --out"
     )

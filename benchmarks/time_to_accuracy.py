@@ -42,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/time_to_accuracy.py` imports its sibling
 
 from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
+from benchmarks.probe_quality import add_val_fraction  # noqa: E402
 from ssl_lightning import methods  # noqa: E402
 from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
 from ssl_lightning.evaluation import evaluate_stages  # noqa: E402
@@ -231,13 +232,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on a GPU")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="score on this stratified share of the training images, held out of pretraining "
-        "and of the classifier's fit, instead of the test images (for choosing settings)",
-    )
+    add_val_fraction(parser)
     parser.add_argument("--plot", type=Path, help="draw every run of --out to this PNG")
     parser.add_argument(
         "--plot-x", choices=("minutes", "steps"), default="minutes", help="the plot's x axis"

@@ -195,8 +195,7 @@ def _evaluate(ns: argparse.Namespace) -> list[dict[str, Any]]:
             "seed": ns.seed,
         }
         if ns.fine_tune:
-            recipe = {"lr": ns.lr, "weight_decay": ns.weight_decay, "layer_decay": ns.layer_decay}
-            common |= recipe
+            common |= {"lr": ns.lr, "weight_decay": ns.weight_decay, "layer_decay": ns.layer_decay}
             result = fine_tune(
                 source,
                 data,
