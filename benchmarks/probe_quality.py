@@ -242,8 +242,27 @@ def plot_budget_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def add_val_fraction(parser: argparse.ArgumentParser) -> None:
-    """``--val-fraction``: the held-out split both benchmarks can score on instead of test."""
+def _setting(text: str) -> tuple[str, Any]:
+    """``NAME=JSON`` from ``--set`` as ``(NAME, value)``."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not JSON ({error})") from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """The arguments both quality benchmarks share: the data, network, batch, method settings
+    (``--set``; :func:`parse_run_arguments` collects them in a dict), seed, and
+    ``--val-fraction``, the held-out split to score on instead of the test images."""
+    parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
+    parser.add_argument("--backbone", default="convnet")
+    parser.add_argument("--backbone-kwargs", type=json.loads, default={"width": 32, "depth": 4})
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--set", type=_setting, action="append", default=[], help=set_help)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--val-fraction",
         type=float,
@@ -253,22 +272,21 @@ def add_val_fraction(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> Any:
+    """``parser.parse_args(argv)`` with ``args.set`` as a dict (a name's last value wins)."""
+    args = parser.parse_args(argv)
+    args.set = dict(args.set)
+    return args
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Runs the command line ``argv`` (``sys.argv`` by default); returns the rows of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--method", action="append", help="a method class name, or 'all'")
     parser.add_argument("--minutes", type=float, default=7.0, help="pretraining budget")
     parser.add_argument("--steps", type=int, default=0, help="a step budget instead of minutes")
-    parser.add_argument("--backbone", default="convnet")
-    parser.add_argument("--backbone-kwargs", type=json.loads, default={"width": 32, "depth": 4})
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--set",
-        type=lambda s: dict([s.split("=", 1)]),
-        action="append",
-        default=[],
-        help="a method argument, e.g. BYOL.lr=0.5, or *.lr=0.5 for every method (JSON values)",
+    add_run_arguments(
+        parser, "a method argument, e.g. BYOL.lr=0.5, or *.lr=0.5 for every method (JSON values)"
     )
     parser.add_argument(
         "--stages",
@@ -290,16 +308,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="class-balanced share of the training labels the fine-tuning uses",
     )
     parser.add_argument("--no-random-init", action="store_true", help="skip the baseline row")
-    parser.add_argument("--seed", type=int, default=0)
-    add_val_fraction(parser)
     parser.add_argument(
         "--plot", type=Path, help="also draw accuracy against steps for every row of --out"
     )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmark_logs/probe_quality/results.jsonl")
     )
-    args = parser.parse_args(argv)
-    args.set = {k: json.loads(v) for d in args.set for k, v in d.items()}
+    args = parse_run_arguments(parser, argv)
     args.stages = tuple(args.stages or ["last"])
     names = list(METHODS) if "all" in (args.method or []) else (args.method or [])
     unknown = sorted(set(names) - set(METHODS))

@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/time_to_accuracy.py` imports its sibling
 
 from benchmarks.probe_overhead import quiet_trainer  # noqa: E402
-from benchmarks.probe_quality import add_val_fraction  # noqa: E402
+from benchmarks.probe_quality import add_run_arguments, parse_run_arguments  # noqa: E402
 from ssl_lightning import methods  # noqa: E402
 from ssl_lightning.datamodules import ImageFolderDataModule  # noqa: E402
 from ssl_lightning.evaluation import evaluate_stages  # noqa: E402
@@ -205,18 +205,10 @@ def plot(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Runs the command line ``argv`` (``sys.argv`` by default); returns every row of ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data/cifar10-jpeg")
     parser.add_argument("--method", help="a method class name; leave out to only --plot")
     parser.add_argument("--label", help="the run's name in --out and the plot (the method's)")
-    parser.add_argument("--backbone", default="convnet")
-    parser.add_argument("--backbone-kwargs", type=json.loads, default={"width": 32, "depth": 4})
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--set",
-        type=lambda s: dict([s.split("=", 1)]),
-        action="append",
-        default=[],
-        help="a method argument as NAME=JSON, e.g. lr=5e-3 or optimizer='\"adamw\"'",
+    add_run_arguments(
+        parser, "a method argument as NAME=JSON, e.g. lr=5e-3 or optimizer='\"adamw\"'"
     )
     parser.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
     parser.add_argument(
@@ -231,8 +223,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--max-steps", type=int, default=2000, help="the run's length: its cosine schedule's"
     )
     parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on a GPU")
-    parser.add_argument("--seed", type=int, default=0)
-    add_val_fraction(parser)
     parser.add_argument("--plot", type=Path, help="draw every run of --out to this PNG")
     parser.add_argument(
         "--plot-x", choices=("minutes", "steps"), default="minutes", help="the plot's x axis"
@@ -243,8 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--out", type=Path, default=Path("benchmark_logs/time_to_accuracy/results.jsonl")
     )
-    args = parser.parse_args(argv)
-    args.set = {k: json.loads(v) for d in args.set for k, v in d.items()}
+    args = parse_run_arguments(parser, argv)
     if args.method and args.method not in methods.method_classes():
         parser.error(
             f"unknown method {args.method!r}; choose from {sorted(methods.method_classes())}"

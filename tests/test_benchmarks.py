@@ -135,6 +135,23 @@ def test_probe_quality_rows_record_the_set_overrides(tmp_path: Path) -> None:
     assert [r["set"] for r in rows] == [{"SimCLR.lr": 0.5, "*.temperature": 0.5}] * 2
 
 
+@pytest.mark.parametrize("script", ["probe_quality", "time_to_accuracy"])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("lr", "expected NAME=JSON, got 'lr'"), ("optimizer=adamw", "the value is not JSON")],
+)
+def test_benchmarks_refuse_a_set_that_is_not_name_equals_json(
+    script: str, setting: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{script}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--set", setting])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_probe_quality_fine_tunes_each_backbone_and_the_scratch_baseline(tmp_path: Path) -> None:
     from benchmarks import probe_quality
     from benchmarks.__main__ import SAMPLE
