@@ -42,8 +42,9 @@ class SparK(SSLMethod):
     The backbone is any CNN of the registry with ``forward_stages`` (ResNets, ``convnet``);
     its layers are converted in place, with unchanged ``state_dict`` keys, and compute
     densely outside the pretext pass: the features handed to callbacks come from a no-grad
-    dense pass over the clean images (as evaluation sees them), and the exported backbone is
-    the plain one.
+    dense pass over the clean images in eval mode (as evaluation computes them, leaving the
+    BatchNorm running statistics to the sparse pass), and the exported backbone is the plain
+    one.
 
     Args:
         backbone: registered CNN backbone name or module (see :class:`SSLMethod`).
@@ -181,9 +182,19 @@ class SparK(SSLMethod):
             mean, std = patch_statistics(target)
             target = (target - mean) / std
         loss = reconstruction_loss(pred, target, mask.flatten(1).unsqueeze(-1))
-        with torch.no_grad():
-            features = self(clean)  # [B, D], dense, for the monitoring callbacks
-        return PretextOutput(loss=loss, features=features, labels=batch.labels)
+        return PretextOutput(loss=loss, features=self._dense_features(clean), labels=batch.labels)
+
+    @torch.no_grad()
+    def _dense_features(self, images: Tensor) -> Tensor:
+        """Pooled features ``[B, D]`` of the dense backbone in eval mode, for the monitoring
+        callbacks: what evaluation computes, and no change to BatchNorm's running statistics,
+        which only the sparse pass updates."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return self(images)
+        finally:
+            self.backbone.train(was_training)
 
     def preview(self, batch: Batch) -> dict[str, Tensor]:
         """Rows to draw: clean input, masked input, reconstruction (visible units pasted in)."""
