@@ -42,8 +42,11 @@ class BYOL(SSLMethod):
     lr 1.0 x batch / 256, weight decay 1e-5, 10 warmup epochs, momentum 0.99 -> 1. The
     paper's ImageNet recipe (batch 4096) uses ``base_momentum=0.996``, ``lr=0.2``,
     ``weight_decay=1.5e-6`` and ``lars_eta=1e-3``. solo-learn's LARS also caps the adapted
-    rate at ``lr`` (its ``clip_lr``): ``lars_clip=True``, which the config sets; at lr 1.0
-    (batch 256) the two agree wherever the trust ratio is at most 1.
+    rate at ``lr`` (its ``clip_lr``): ``lars_clip=True``, which the config sets. A layer's
+    step is then ``min(trust, lr_t) * g`` instead of ``lr_t * trust * g`` (``trust = eta *
+    ||w|| / ||g||``): the two agree at the peak rate 1.0 (batch 256) wherever the trust
+    ratio is at most 1, and below it, in the warmup and the decay, the capped step is the
+    larger, by ``1 / lr_t`` while ``trust <= lr_t``.
 
     The default views are BYOL's pair without blur, for 32-pixel images
     (:func:`~ssl_lightning.corruptions.recipes.small_image_byol_views`, solo-learn's

@@ -39,7 +39,10 @@ class EMPSSL(SSLMethod):
     The defaults are the paper's CIFAR code: a 3-layer projector 4096-4096-1024 (BatchNorm,
     ReLU), ``eps`` 0.2, ``lambda`` 200, LARS (eta 0.005) on SGD with momentum 0.9, lr 0.3 at
     batch 100 (not scaled by the batch), weight decay 1e-4, cosine decay with no warmup (the
-    paper's SGD is Nesterov; ours is plain momentum).
+    paper's SGD is Nesterov; ours is plain momentum). The code's LARS also caps the adapted
+    rate at ``lr`` (``clip=True``: a layer's step is ``min(eta ||w|| / ||g||, lr_t) * g``),
+    which ``lars_clip=True`` gives and ``configs/emp_ssl_cifar10.yaml`` sets; as for the other
+    LARS methods, the default leaves it off.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
