@@ -51,9 +51,11 @@ class DINO(SSLMethod):
     decay 1e-6, 10 warmup epochs, temperatures 0.1 (student) and 0.04 -> 0.07 over 50 epochs
     (teacher: solo-learn's default before its OmegaConf configs, which keep 0.07 from the
     start; DINO's code warms 0.04 -> 0.07 over 30 epochs for its longer ViT runs); the
-    paper's teacher momentum 0.996 (solo-learn: 0.9995); CIFAR-scale multi-crop: 2 global
-    32-pixel crops from ``(0.4, 1)`` of the area, 6 local 16-pixel ones (patch 4 divides
-    them) from ``(0.05, 0.4)``, no blur.
+    paper's teacher momentum 0.996 (solo-learn: 0.9995). The views are this library's own
+    CIFAR-scale multi-crop, not solo-learn's (two 32-pixel crops of 8-100 % of the area,
+    solarization on the second, no local crops): 2 global 32-pixel crops from ``(0.4, 1)``
+    of the area, 6 local 16-pixel ones (patch 4 divides them) from ``(0.05, 0.4)`` (the
+    paper's crop scales; it takes 8 local crops), no blur.
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
