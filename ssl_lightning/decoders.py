@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssl_lightning.backbones.sparse import visible_batch_norm
 from ssl_lightning.layers import Block, init_transformer_weights, sincos_pos_embed_2d
 
 __all__ = ["ConvDecoder", "MAEDecoder", "SparseDecoder"]
@@ -138,23 +137,20 @@ class MAEDecoder(nn.Module):
 class SparseDecoder(nn.Module):
     """SparK's light hierarchical (U-Net-like) decoder: sparse encoder stages -> pixels.
 
-    Tian et al., ICLR 2023, arXiv:2301.03580 (the official code's ``LightDecoder`` and
-    densifying steps). Each encoder stage is densified: BatchNorm over its visible positions
-    (a sparse encoder leaves the hidden ones empty), the hidden positions filled with the
-    stage's learned mask token, and a projection to the decoder's width at that scale (1x1
-    convolution for the coarsest stage, 3x3 for the others). From the coarsest stage up, each
-    stage is added to the running map, and a block (4x4 transposed convolution with stride 2,
-    then 3x3 convolution, BatchNorm, ReLU6, 3x3 convolution, BatchNorm) doubles its
-    resolution and halves its width; blocks without a stage continue to the image resolution,
-    a stage at the image resolution is followed by one block that keeps it, and a 1x1
-    convolution predicts the pixels. The 3x3 convolutions are what carry the visible
-    positions' features into the hidden ones.
+    Tian et al., ICLR 2023, arXiv:2301.03580. Each encoder stage's map has its hidden
+    positions filled with the stage's learned mask token (a sparse encoder leaves them empty)
+    and is projected by a 1x1 convolution to the decoder's width at that scale. Starting from
+    the coarsest stage, each upsampling block (2x2 transposed convolution with stride 2, then
+    3x3 convolution, BatchNorm and ReLU) doubles the resolution, and the next finer stage is
+    added; more upsampling blocks reach the image resolution, and a 1x1 convolution predicts
+    the pixels. The width halves at every upsampling: ``channels * 2**i`` at stage ``i``
+    (finest ``i = 0``).
 
     Args:
         stage_channels: channels of the encoder stages, finest first; each stage's map is half
             the size of the previous one.
         upsample_factor: image size / the finest stage's map size, a power of two.
-        channels: decoder width at the finest stage (``channels * 2**i`` at stage ``i``).
+        channels: decoder width at the finest stage.
         out_channels: output channels (3 for RGB).
 
     Shapes: ``stages[i] [B, C_i, h / 2^i, w / 2^i]``, ``visible[i] [B, 1, h / 2^i, w / 2^i]``
@@ -178,28 +174,20 @@ class SparseDecoder(nn.Module):
         super().__init__()
         if upsample_factor < 1 or upsample_factor & (upsample_factor - 1):
             raise ValueError(f"upsample_factor must be a power of two, got {upsample_factor}")
-        num_stages = len(stage_channels)
-        widths = [channels * 2**i for i in range(num_stages)]  # the stage's scale, finest first
-        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in stage_channels)
+        widths = [channels * 2**i for i in range(len(stage_channels))]
         self.mask_tokens = nn.ParameterList(
             nn.Parameter(torch.randn(1, c, 1, 1) * 0.02) for c in stage_channels
         )
         self.projections = nn.ModuleList(
-            nn.Conv2d(
-                c, w, 1 if i == num_stages - 1 else 3, padding=0 if i == num_stages - 1 else 1
-            )
-            for i, (c, w) in enumerate(zip(stage_channels, widths, strict=True))
+            nn.Conv2d(c, w, 1) for c, w in zip(stage_channels, widths, strict=True)
         )
-        # Blocks from the coarsest stage's scale to the image's: one per doubling, or one at
-        # the image's scale when the finest stage is already there.
-        upsamplings = num_stages - 1 + upsample_factor.bit_length() - 1
-        blocks: list[nn.Module] = []
-        width = widths[-1]
-        for i in range(max(upsamplings, num_stages)):
-            blocks.append(_UNetBlock(width, max(width // 2, 1), upsample=i < upsamplings))
-            width = max(width // 2, 1)
-        self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(width, out_channels, 1)
+        # Block i upsamples from stage i + 1's scale to stage i's; then to the image.
+        self.stage_ups = nn.ModuleList(
+            _up(widths[i + 1], widths[i]) for i in range(len(widths) - 1)
+        )
+        extra = upsample_factor.bit_length() - 1
+        self.image_ups = nn.Sequential(*(_up(channels, channels) for _ in range(extra)))
+        self.head = nn.Conv2d(channels, out_channels, 1)
         self.upsample_factor = upsample_factor
 
     def forward(self, stages: list[Tensor], visible: list[Tensor]) -> Tensor:
@@ -209,40 +197,22 @@ class SparseDecoder(nn.Module):
                 f"{len(stages)} stages and {len(visible)} masks"
             )
         dense = [
-            proj(torch.where(keep.bool(), self._normalize(i, stage, keep), token.to(stage.dtype)))
-            for i, (stage, keep, token, proj) in enumerate(
-                zip(stages, visible, self.mask_tokens, self.projections, strict=True)
+            proj(torch.where(keep.bool(), stage, token.to(stage.dtype)))
+            for stage, keep, token, proj in zip(
+                stages, visible, self.mask_tokens, self.projections, strict=True
             )
-        ][::-1]  # coarsest first
-        x = dense[0]
-        for i, block in enumerate(self.blocks):
-            if 0 < i < len(dense):
-                x = x + dense[i]
-            x = block(x)
-        return self.head(x)
-
-    def _normalize(self, index: int, stage: Tensor, keep: Tensor) -> Tensor:
-        """Stage ``index`` through its BatchNorm, statistics over the visible positions."""
-        norm = self.norms[index]
-        assert isinstance(norm, nn.BatchNorm2d)
-        return visible_batch_norm(norm, stage, keep)
+        ]
+        x = dense[-1]
+        for i in reversed(range(len(self.stage_ups))):
+            x = self.stage_ups[i](x) + dense[i]
+        return self.head(self.image_ups(x))
 
 
-class _UNetBlock(nn.Sequential):
-    """``[B, in, h, w] -> [B, out, 2h, 2w]`` (``[B, out, h, w]`` without ``upsample``):
-    SparK's decoder block, linear at its output as the official code's."""
-
-    def __init__(self, in_channels: int, out_channels: int, upsample: bool = True) -> None:
-        up: list[nn.Module] = (
-            [nn.ConvTranspose2d(in_channels, in_channels, 4, stride=2, padding=1, bias=False)]
-            if upsample
-            else []
-        )
-        super().__init__(
-            *up,
-            nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU6(inplace=True),
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
+def _up(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Doubles the resolution: ``[B, in, h, w] -> [B, out, 2h, 2w]``."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SparseMask", "is_sparse", "sparsify", "visible_batch_norm"]
+__all__ = ["SparseMask", "is_sparse", "sparsify"]
 
 
 class SparseMask:
@@ -123,51 +123,45 @@ class MaskedAvgPool2d(nn.AvgPool2d, _Masked):
 
 
 class MaskedBatchNorm2d(nn.BatchNorm2d, _Masked):
-    """``BatchNorm2d`` with statistics over the visible positions only
-    (:func:`visible_batch_norm`); dense while no mask is set."""
+    """``BatchNorm2d`` with statistics over the visible positions only.
+
+    In training, the mean and (biased) variance are taken over the visible positions of the
+    batch, and the running statistics follow them as ``BatchNorm2d``'s follow the dense batch
+    (unbiased variance, ``momentum``); the output keeps only the visible positions. The sums
+    run on the device without a host sync (no boolean indexing).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         if self.sparse_mask.visible is None:
             return super().forward(x)
-        return visible_batch_norm(self, x, self.sparse_mask.at(x.shape[-2], x.shape[-1]))
+        keep = self.sparse_mask.at(x.shape[-2], x.shape[-1])  # [B, 1, H, W]
+        if self.training or self.running_mean is None or self.running_var is None:
+            count = keep.sum().clamp(min=2.0)
+            xf = x.float() * keep
+            mean = xf.sum(dim=(0, 2, 3)) / count  # [C]
+            centered = (x.float() - mean.view(1, -1, 1, 1)) * keep
+            var = centered.square().sum(dim=(0, 2, 3)) / count
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var * count / (count - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = torch.rsqrt(var.float() + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.float()
+        shift = -mean.float() * scale
+        if self.bias is not None:
+            shift = shift + self.bias.float()
+        out = x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return (out * keep).to(x.dtype)
 
-
-def visible_batch_norm(norm: nn.BatchNorm2d, x: Tensor, keep: Tensor) -> Tensor:
-    """``norm`` applied to ``x`` ``[B, C, H, W]`` as if its batch held only the positions
-    where ``keep`` ``[B, 1, H, W]`` is 1; the other positions of the output are 0.
-
-    In training, the mean and (biased) variance are taken over the kept positions of the
-    batch, and the running statistics follow them as ``BatchNorm2d``'s follow the dense batch
-    (unbiased variance, ``momentum``); in eval mode the running statistics normalize. The
-    sums run on the device without a host sync (no boolean indexing).
-    """
-    if norm.training or norm.running_mean is None or norm.running_var is None:
-        count = keep.sum().clamp(min=2.0)
-        mean = (x.float() * keep).sum(dim=(0, 2, 3)) / count  # [C]
-        centered = (x.float() - mean.view(1, -1, 1, 1)) * keep
-        var = centered.square().sum(dim=(0, 2, 3)) / count
-        if norm.training and norm.track_running_stats:
-            _update_running(norm, mean, var * count / (count - 1))
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    scale = torch.rsqrt(var.float() + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight.float()
-    shift = -mean.float() * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias.float()
-    out = x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-    return (out * keep).to(x.dtype)
-
-
-@torch.no_grad()
-def _update_running(norm: nn.BatchNorm2d, mean: Tensor, unbiased_var: Tensor) -> None:
-    assert norm.running_mean is not None and norm.running_var is not None
-    assert norm.num_batches_tracked is not None
-    norm.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-    norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
-    norm.running_var.lerp_(unbiased_var.to(norm.running_var.dtype), momentum)
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), momentum)
 
 
 _MASKED: dict[type[nn.Module], type[nn.Module]] = {
