@@ -4,12 +4,16 @@ patch-mask corruption. Plain PyTorch, no Lightning.
 - :class:`Attention`, :class:`Block`, :func:`init_transformer_weights`: pre-norm transformer
   blocks (Dosovitskiy et al. 2020, https://arxiv.org/abs/2010.11929).
 - :func:`sincos_pos_embed_2d`: fixed 2D sin-cos positions (as MAE uses them).
+- :func:`eval_mode`: a module in eval mode for a block, its own mode restored after.
 - Patch geometry, all row-major: :func:`patchify` / :func:`unpatchify` (images <-> patch
   vectors), :func:`mask_to_pixels` (patch mask -> pixel mask) and :func:`visible_index`
   (patch mask -> indices of the visible patches).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 __all__ = [
     "Attention",
     "Block",
+    "eval_mode",
     "init_transformer_weights",
     "mask_to_pixels",
     "patch_statistics",
@@ -133,6 +138,18 @@ def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int]) -> Tenso
     c = dim // (p * p)
     x = patches.reshape(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, C, h, p, w, p]
     return x.reshape(b, c, h * p, w * p)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (BatchNorm reads its running statistics and
+    leaves them unchanged), then back in the mode it was in, also on an error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def patch_statistics(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:

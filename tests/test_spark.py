@@ -234,3 +234,18 @@ def test_a_corruption_with_other_units_is_refused() -> None:
     model = SparK(**TINY, patch_size=8)
     with pytest.raises(ValueError, match="model.patch_size"):
         model.check_corruption(PatchMask(patch_size=4, mask_ratio=0.6))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_mode_it_found_also_on_an_error(training: bool) -> None:
+    """The helper behind every side-effect-free pass (SparK's monitoring features, the probe's
+    stages, the frozen evaluation): eval mode inside, the module's own mode after."""
+    from ssl_lightning.layers import eval_mode
+
+    module = nn.Sequential(nn.BatchNorm2d(3)).train(training)
+    with eval_mode(module):
+        assert not any(m.training for m in module.modules())
+    assert all(m.training == training for m in module.modules())
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(module):
+        raise RuntimeError("inside")
+    assert all(m.training == training for m in module.modules())

@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ssl_lightning.layers import eval_mode
+
 __all__ = ["Stages", "pool_stage", "resolve_stages", "stage_features", "stage_widths"]
 
 Stages = Literal["last", "all"] | int | Sequence[int]
@@ -83,12 +85,8 @@ def stage_features(backbone: nn.Module, x: Tensor, stages: Stages = "last") -> T
 def stage_widths(backbone: nn.Module, x: Tensor) -> list[int]:
     """The width of each stage's pooled features, from one pass over images ``x``
     ``[B, 3, H, W]`` in eval mode (BatchNorm statistics untouched; the mode is restored)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with eval_mode(backbone):
         device = next(backbone.parameters()).device
         outputs: list[Tensor] = backbone.forward_stages(x.to(device))  # type: ignore[operator]
-    finally:
-        backbone.train(was_training)
     prefix = int(getattr(backbone, "num_prefix_tokens", 0))
     return [pool_stage(output, prefix).shape[1] for output in outputs]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ssl_lightning.backbones.stages import Stages, stage_features
 from ssl_lightning.corruptions import PretextModel
 from ssl_lightning.labels import datamodule_num_classes
+from ssl_lightning.layers import eval_mode
 
 __all__ = [
     "FeatureReader",
@@ -54,13 +55,9 @@ def embed_stages(pl_module: L.LightningModule, images: Tensor, stages: Stages) -
     exports one) for normalized ``images``, in eval mode, without gradients."""
     name = pl_module.export_module if isinstance(pl_module, PretextModel) else "backbone"
     backbone = getattr(pl_module, name)
-    was_training = backbone.training
-    backbone.eval()  # batch statistics would change BatchNorm's running averages
-    try:
-        with torch.no_grad():
-            return stage_features(backbone, images, stages)
-    finally:
-        backbone.train(was_training)
+    # eval mode: batch statistics would change BatchNorm's running averages
+    with eval_mode(backbone), torch.no_grad():
+        return stage_features(backbone, images, stages)
 
 
 def stage_step_features(
@@ -113,14 +110,10 @@ def through_head(
     eval mode, without gradients and without autocast; the head's mode is left as it was."""
     module = head_module(pl_module, head, callback)
     param = next(module.parameters(), None)
-    was_training = module.training
-    module.eval()  # batch statistics would change BatchNorm's running averages
-    try:
-        with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
-            x = features.detach().to(param.dtype if param is not None else torch.float32)
-            return module(x).float()  # [n, P]
-    finally:
-        module.train(was_training)
+    # eval mode: batch statistics would change BatchNorm's running averages
+    with eval_mode(module), torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+        x = features.detach().to(param.dtype if param is not None else torch.float32)
+        return module(x).float()  # [n, P]
 
 
 def head_prefix(prefix: str | None, default: str, head: str | None) -> str:

@@ -14,6 +14,7 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from ssl_lightning.corruptions import Batch, PretextModel
+from ssl_lightning.layers import eval_mode
 
 __all__ = ["PreviewImages", "preview_rows"]
 
@@ -135,13 +136,8 @@ class PreviewImages(L.Callback):
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._batch is None or not trainer.is_global_zero:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                rows = preview_rows(pl_module, self._batch)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), torch.no_grad():
+            rows = preview_rows(pl_module, self._batch)
         datamodule = getattr(trainer, "datamodule", None)
         grid = self.render(
             rows, getattr(datamodule, "mean", None), getattr(datamodule, "std", None)

@@ -34,6 +34,7 @@ from ssl_lightning.backbones.stages import Stages, resolve_stages, stage_feature
 from ssl_lightning.corruptions import normalize, to_unit_float
 from ssl_lightning.knn import knn_predict
 from ssl_lightning.labels import has_top5
+from ssl_lightning.layers import eval_mode
 from ssl_lightning.splits import stratified_holdout
 
 if TYPE_CHECKING:  # it reads a datamodule's splits; importing the datamodules is not needed
@@ -69,9 +70,7 @@ def extract_features(
     ``stages`` selects the pooled stages (:func:`~ssl_lightning.backbones.stage_features`).
     """
     device = next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with eval_mode(backbone):
         chunks = []
         batches = images.split(batch_size)
         for batch in tqdm(batches, desc="features", unit="batch", disable=not progress):
@@ -79,8 +78,6 @@ def extract_features(
             x = normalize(x, tuple(mean), tuple(std), inplace=True)
             chunks.append(stage_features(backbone, x, stages).float().cpu())
         return torch.cat(chunks)
-    finally:
-        backbone.train(was_training)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from ssl_lightning.corruptions import Batch, Corruption, PatchMask
 from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
 from ssl_lightning.corruptions.recipes import crop_flip_view
 from ssl_lightning.decoders import ConvDecoder
-from ssl_lightning.layers import mask_to_pixels
+from ssl_lightning.layers import eval_mode, mask_to_pixels
 from ssl_lightning.losses import LossKind, reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
@@ -106,12 +106,9 @@ class MaskedReconstruction(SSLMethod):
 
     def _feature_map_geometry(self, image_size: int) -> tuple[int, int]:
         """Channels and downsampling factor of the backbone's map, from one probe pass."""
-        was_training = self.backbone.training
-        self.backbone.eval()  # leaves BatchNorm statistics untouched
-        with torch.no_grad():
+        with eval_mode(self.backbone), torch.no_grad():  # BatchNorm statistics untouched
             device = next(self.backbone.parameters(), torch.empty(0)).device
             fmap = self._feature_map(torch.zeros(1, 3, image_size, image_size, device=device))
-        self.backbone.train(was_training)
         name = type(self.backbone).__name__
         if fmap.ndim != 4:
             raise TypeError(

@@ -13,7 +13,13 @@ from ssl_lightning.corruptions import Batch, Corruption, PatchMask
 from ssl_lightning.corruptions.masking import check_mask_ratio, require_mask
 from ssl_lightning.corruptions.recipes import crop_flip_view
 from ssl_lightning.decoders import SparseDecoder
-from ssl_lightning.layers import mask_to_pixels, patch_statistics, patchify, unpatchify
+from ssl_lightning.layers import (
+    eval_mode,
+    mask_to_pixels,
+    patch_statistics,
+    patchify,
+    unpatchify,
+)
 from ssl_lightning.losses import reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
@@ -122,12 +128,9 @@ class SparK(SSLMethod):
                 f"SparK decodes the stages of a CNN, but backbone {name} has no forward_stages; "
                 "set model.backbone to resnet18 or convnet"
             )
-        was_training = self.backbone.training
-        self.backbone.eval()
-        with torch.no_grad():
+        with eval_mode(self.backbone), torch.no_grad():
             device = next(self.backbone.parameters()).device
             maps = stages(torch.zeros(1, 3, image_size, image_size, device=device))
-        self.backbone.train(was_training)
         if any(m.ndim != 4 for m in maps):
             raise TypeError(
                 f"SparK needs feature maps [B, C, h, w], but backbone {name} returns tokens; "
@@ -189,12 +192,8 @@ class SparK(SSLMethod):
         """Pooled features ``[B, D]`` of the dense backbone in eval mode, for the monitoring
         callbacks: what evaluation computes, and no change to BatchNorm's running statistics,
         which only the sparse pass updates."""
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
+        with eval_mode(self.backbone):
             return self(images)
-        finally:
-            self.backbone.train(was_training)
 
     def preview(self, batch: Batch) -> dict[str, Tensor]:
         """Rows to draw: clean input, masked input, reconstruction (visible units pasted in)."""
