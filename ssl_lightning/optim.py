@@ -17,18 +17,26 @@ OptimizerName = Literal["sgd", "lars", "adamw"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "lars", "adamw")
 
 
-def param_groups(params: nn.Module | Iterable[Tensor], weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    params: nn.Module | Iterable[Tensor],
+    weight_decay: float,
+    exempt: Iterable[Tensor] = (),
+) -> list[dict[str, Any]]:
     """Splits the trainable parameters of a module (or a parameter list) into a decayed and a
     non-decayed group.
 
     The one rule: parameters with ``ndim <= 1`` (biases, norm scales and shifts) get no weight
-    decay and no LARS adaptation; matrices and conv kernels get both.
+    decay and no LARS adaptation; matrices and conv kernels get both. ``exempt`` names more
+    parameters for the non-decayed group whatever their shape: learned fill values such as
+    SparK's ``[1, C, 1, 1]`` mask tokens, which its code exempts by name (timm's
+    ``no_weight_decay``).
     """
+    exempt_ids = {id(p) for p in exempt}
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for p in params.parameters() if isinstance(params, nn.Module) else params:
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
+            (decay if p.ndim > 1 and id(p) not in exempt_ids else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},

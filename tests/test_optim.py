@@ -17,6 +17,15 @@ def test_param_groups_exclude_biases_and_norms_from_decay() -> None:
     assert no_decay["lars_exclude"] is True
 
 
+def test_exempt_parameters_join_the_undecayed_group_whatever_their_shape() -> None:
+    token = nn.Parameter(torch.zeros(1, 4, 1, 1))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    model.register_parameter("token", token)
+    decay, no_decay = param_groups(model, weight_decay=0.1, exempt=[token])
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(token)}
+
+
 def test_lars_step_matches_hand_computed_update() -> None:
     w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ||w|| = 5
     opt = LARS([w], lr=0.1, momentum=0.9, weight_decay=0.5, eta=0.01)

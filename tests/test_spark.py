@@ -179,6 +179,21 @@ def test_the_monitoring_features_are_the_eval_mode_dense_ones_and_leave_batchnor
     torch.testing.assert_close(features, twin.backbone.eval()(batch.clean))
 
 
+def test_the_mask_tokens_get_no_weight_decay_as_in_the_official_code() -> None:
+    """The groups the optimizer is built from leave the tokens undecayed; the decoder's convolutions
+    and the backbone's kernels keep their decay."""
+    model = SparK(**TINY, weight_decay=0.5)
+    decayed = {
+        id(p) for g in model.configure_param_groups() if g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert decayed.isdisjoint(id(t) for t in model.decoder.mask_tokens)
+    assert id(model.decoder.head.weight) in decayed
+    kernels = [p for p in model.backbone.parameters() if p.ndim == 4]
+    assert kernels and all(id(p) in decayed for p in kernels)
+    everything = {id(p) for g in model.configure_param_groups() for p in g["params"]}
+    assert everything == {id(p) for p in model.parameters() if p.requires_grad}
+
+
 def test_the_loss_is_the_normalized_unit_error_over_the_hidden_units() -> None:
     torch.manual_seed(0)
     model = SparK(**TINY, patch_size=8)

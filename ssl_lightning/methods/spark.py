@@ -23,7 +23,7 @@ from ssl_lightning.layers import (
 from ssl_lightning.losses import reconstruction_loss
 from ssl_lightning.methods.base import SSLMethod
 from ssl_lightning.methods.outputs import PretextOutput
-from ssl_lightning.optim import OptimizerName
+from ssl_lightning.optim import OptimizerName, param_groups
 
 __all__ = ["SparK"]
 
@@ -146,6 +146,11 @@ class SparK(SSLMethod):
                 "downsampling: set model.image_size to the training image size"
             )
         return [(int(m.shape[1]), side) for m, side in zip(maps, sides, strict=True)]
+
+    def configure_param_groups(self) -> list[dict[str, Any]]:
+        # The mask tokens are learned fill values, not weights: the official code exempts them
+        # from weight decay by name, as it does the norm parameters.
+        return param_groups(self, self.weight_decay, exempt=self.decoder.mask_tokens)
 
     def default_corruption(self) -> Corruption:
         return PatchMask(self.patch_size, self.mask_ratio, view=crop_flip_view())
