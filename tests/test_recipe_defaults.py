@@ -1,5 +1,5 @@
-"""The view recipes' defaults against the papers, with every expected value written out here
-from the paper (never read back from the library)."""
+"""The view recipes' defaults and EMP-SSL's optimizer against the papers, with every expected
+value written out here from the paper (never read back from the library)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from torch import nn
 
 from ssl_lightning import SimCLR
 from ssl_lightning.cli import main
@@ -149,6 +150,20 @@ def test_emp_ssl_patches_follow_the_papers_cifar_code() -> None:
         "solarize_threshold": 0.5,
     }
     assert_fields(corruption.view, expected)
+
+
+def test_emp_ssl_optimizer_follows_the_papers_cifar_code() -> None:
+    # EMP-SSL's main.py: LARS(SGD(lr=0.3, momentum=0.9, weight_decay=1e-4), eta=0.005,
+    # clip=True) at batch 100, not scaled, cosine decay; its 4096-4096-1024 projector.
+    model = EMPSSL(backbone="convnet", backbone_kwargs={"width": 4})
+    assert (model.optimizer_name, model.lr, model.weight_decay) == ("lars", 0.3, 1e-4)
+    assert (model.lars_eta, model.lars_clip, model.scale_lr) == (0.005, True, False)
+    assert model.momentum == 0.9
+    assert [m.out_features for m in model.projector.modules() if isinstance(m, nn.Linear)] == [
+        4096,
+        4096,
+        1024,
+    ]
 
 
 def test_fastsiam_trains_on_four_simclr_views() -> None:
