@@ -21,7 +21,7 @@ from ssl_lightning.backbones.sparse import (
 )
 from ssl_lightning.corruptions import PatchMask
 from ssl_lightning.decoders import SparseDecoder
-from ssl_lightning.layers import mask_to_pixels
+from ssl_lightning.layers import eval_mode, mask_to_pixels
 
 TINY = {"backbone": "convnet", "backbone_kwargs": {"width": 8, "depth": 3}}
 CNNS = [("convnet", {"width": 8, "depth": 3}), ("resnet18", {"width": 4})]
@@ -255,8 +255,6 @@ def test_a_corruption_with_other_units_is_refused() -> None:
 def test_eval_mode_restores_the_mode_it_found_also_on_an_error(training: bool) -> None:
     """The helper behind every side-effect-free pass (SparK's monitoring features, the probe's
     stages, the frozen evaluation): eval mode inside, the module's own mode after."""
-    from ssl_lightning.layers import eval_mode
-
     module = nn.Sequential(nn.BatchNorm2d(3)).train(training)
     with eval_mode(module):
         assert not any(m.training for m in module.modules())

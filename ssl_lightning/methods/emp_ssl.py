@@ -42,8 +42,8 @@ class EMPSSL(SSLMethod):
     paper's SGD is Nesterov; ours is plain momentum). The code's LARS also caps the adapted
     rate at ``lr`` (``clip=True``: a layer's step is ``min(eta ||w|| / ||g||, lr_t) * g``),
     and so does the default, ``lars_clip=True``, unlike the other LARS methods: uncapped, the
-    step is ``lr_t`` times smaller wherever the trust ratio is below ``lr_t``, and EMP-SSL
-    then learns slower (3 points at 500 steps, ``benchmarks/README.md``).
+    step is ``lr_t`` times the capped one wherever the trust ratio is below ``lr_t``, and
+    EMP-SSL then learns slower (3 points at 500 steps, ``benchmarks/README.md``).
 
     Args:
         backbone: registered backbone name or module (see :class:`SSLMethod`).
