@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ssl_lightning.corruptions import MultiCropViews, SimCLRViews, ViewTransform
 from ssl_lightning.corruptions.geometry import resized_crop
 from ssl_lightning.losses import emp_ssl_loss, fastsiam_loss, simsiam_loss, total_coding_rate
-from ssl_lightning.methods import EMPSSL, FastSiam
+from ssl_lightning.methods import EMPSSL, FastSiam, SimCLR
 from ssl_lightning.methods.passes import embed_in_passes, num_global_views, view_groups
 from tests.distributed_utils import run_distributed
 
@@ -189,6 +189,42 @@ def test_views_per_pass_leaves_a_method_step_to_a_chunk_of_views(method: type) -
     assert out.features.shape[0] == 4 * len(batch.views)
     out.loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("num_local", [0, 2])
+def test_simclr_contrasts_every_global_and_local_view_and_hands_callbacks_the_global_ones(
+    num_local: int,
+) -> None:
+    tiny = {"backbone": "convnet", "backbone_kwargs": {"width": 4}, "proj_hidden_dim": 16}
+    model = SimCLR(**tiny, temperature=0.3, num_global_views=3, num_local_views=num_local)
+    corruption = model.default_corruption()
+    kind = MultiCropViews if num_local else SimCLRViews
+    assert isinstance(corruption, kind)
+    batch = corruption(torch.rand(4, 3, 32, 32), torch.arange(4), torch.Generator())
+    assert [v.shape[-1] for v in batch.views] == [32] * 3 + [16] * num_local
+    model.eval()  # running statistics: one pass per size equals one pass per view
+    with torch.no_grad():
+        out = model.pretext_step(batch)
+        per_view = [model.backbone(v) for v in batch.views]
+    z = torch.stack([model.projector(f) for f in per_view]).double()  # [V, B, P]
+    # NT-Xent over V views as a loop: each anchor's mean over its V - 1 positives.
+    flat = F.normalize(z, dim=-1).flatten(0, 1)
+    logits = flat @ flat.T / 0.3
+    ids = torch.arange(4).repeat(len(batch.views))
+    losses = []
+    for i in range(len(flat)):
+        others = [j for j in range(len(flat)) if j != i]
+        log_norm = torch.logsumexp(logits[i, others], dim=0)
+        positives = [j for j in others if ids[j] == ids[i]]
+        losses.append(sum(log_norm - logits[i, j] for j in positives) / len(positives))
+    torch.testing.assert_close(out.loss.double(), torch.stack(losses).mean(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.features, torch.cat(per_view[:3]))
+    assert out.labels.tolist() == [0, 1, 2, 3] * 3
+
+
+def test_simclr_refuses_fewer_than_two_global_views() -> None:
+    with pytest.raises(ValueError, match=r"num_global_views"):
+        SimCLR(backbone="convnet", num_global_views=1)
 
 
 # ---- 2 processes against 1 -------------------------------------------------------------------

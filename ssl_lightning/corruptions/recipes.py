@@ -208,10 +208,10 @@ def simclr_view(strength: float = 0.5, **fields: Any) -> ViewTransform:
 
 
 def small_image_multicrop_views(
-    global_view: ViewTransform, num_local: int = 4, local_size: int = 16
+    global_view: ViewTransform, num_local: int = 4, local_size: int = 16, num_global: int = 2
 ) -> MultiCropViews:
-    """Multi-crop for 32-pixel images, for a short run: 2 global views of ``global_view`` and
-    ``num_local`` local crops of 10-40 % of the image at ``local_size`` pixels, with the global
+    """Multi-crop for 32-pixel images, for a short run: ``num_global`` views of ``global_view``
+    and ``num_local`` local crops of 10-40 % of the image at ``local_size`` pixels, with the global
     recipe's color ops (SwAV's multi-crop, Caron et al. 2020, arXiv:2006.09882, at scales
     measured on CIFAR-10: benchmarks/README.md, "Short budgets").
 
@@ -224,7 +224,7 @@ def small_image_multicrop_views(
         (2, 4, (0.1, 0.4), 16)
     """
     return MultiCropViews(
-        num_global=2,
+        num_global=num_global,
         num_local=num_local,
         global_view=global_view,
         local_size=local_size,
@@ -232,17 +232,20 @@ def small_image_multicrop_views(
     )
 
 
-def simclr_multicrop_views(num_local: int = 4, local_size: int = 16) -> MultiCropViews:
+def simclr_multicrop_views(
+    num_local: int = 4, local_size: int = 16, num_global: int = 2
+) -> MultiCropViews:
     """SimCLR's views with multi-crop for 32-pixel images (:func:`small_image_multicrop_views`):
-    2 global crops of 20-100 % of the image and ``num_local`` local crops, all with SimCLR's
-    CIFAR color distortion (:func:`simclr_view` at strength 0.5), no blur.
+    ``num_global`` crops of 20-100 % of the image and ``num_local`` local crops, all with
+    SimCLR's CIFAR color distortion (:func:`simclr_view` at strength 0.5), no blur.
 
     Examples:
         >>> views = simclr_multicrop_views(num_local=4)
         >>> views.num_global, views.num_local, views.global_view.crop_scale
         (2, 4, (0.2, 1.0))
     """
-    return small_image_multicrop_views(simclr_view(crop_scale=(0.2, 1.0)), num_local, local_size)
+    view = simclr_view(crop_scale=(0.2, 1.0))
+    return small_image_multicrop_views(view, num_local, local_size, num_global)
 
 
 def crop_flip_view(min_scale: float = 0.35) -> ViewTransform:

@@ -49,9 +49,11 @@ class SimCLR(SSLMethod):
         proj_output_dim: output width of the projection head (the contrastive space).
         proj_num_layers: Linear layers in the projection head.
         temperature: NT-Xent temperature, > 0.
-        num_local_views: small crops per image beside the two global views
+        num_global_views: full-size views per image, at least 2 (SimCLR's 2). Each more is
+            one more positive for every view, at the cost of one more full backbone pass.
+        num_local_views: small crops per image beside the global views
             (:func:`~ssl_lightning.corruptions.recipes.simclr_multicrop_views`), for the
-            default corruption; 0 keeps SimCLR's two views
+            default corruption; 0 keeps the full-size views only
             (:class:`~ssl_lightning.corruptions.SimCLRViews`).
         gather_distributed: draw negatives from every rank under DDP.
         **kwargs: optimizer and schedule arguments of :class:`SSLMethod`.
@@ -76,6 +78,7 @@ class SimCLR(SSLMethod):
         proj_output_dim: int = 128,
         proj_num_layers: int = 2,
         temperature: float = 0.2,
+        num_global_views: int = 2,
         num_local_views: int = 0,
         gather_distributed: bool = True,
         optimizer: OptimizerName = "lars",
@@ -86,6 +89,7 @@ class SimCLR(SSLMethod):
         **kwargs: Any,
     ) -> None:
         require_positive(temperature=temperature)
+        require_at_least(2, num_global_views=num_global_views)
         require_at_least(0, num_local_views=num_local_views)
         super().__init__(
             backbone=backbone,
@@ -98,6 +102,7 @@ class SimCLR(SSLMethod):
             **kwargs,
         )
         self.temperature = self.recipe_arg("temperature", temperature)
+        self.num_global_views = num_global_views
         self.num_local_views = self.recipe_arg("num_local_views", num_local_views)
         self.gather_distributed = gather_distributed
         self.projector = ProjectionHead(
@@ -106,8 +111,8 @@ class SimCLR(SSLMethod):
 
     def default_corruption(self) -> Corruption:
         if self.num_local_views:
-            return simclr_multicrop_views(self.num_local_views)
-        return SimCLRViews(num_views=2)
+            return simclr_multicrop_views(self.num_local_views, num_global=self.num_global_views)
+        return SimCLRViews(num_views=self.num_global_views)
 
     def pretext_step(self, batch: Batch) -> PretextOutput:
         check_views(batch, "SimCLR", "SimCLRViews", exact=False)
