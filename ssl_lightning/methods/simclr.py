@@ -50,7 +50,7 @@ class SimCLR(SSLMethod):
         proj_num_layers: Linear layers in the projection head.
         temperature: NT-Xent temperature, > 0.
         num_global_views: full-size views per image, at least 2 (SimCLR's 2). Each more is
-            one more positive for every view, at the cost of one more full backbone pass.
+            one more positive for every view, and the compute of one more full-size image.
         num_local_views: small crops per image beside the global views
             (:func:`~ssl_lightning.corruptions.recipes.simclr_multicrop_views`), for the
             default corruption; 0 keeps the full-size views only
